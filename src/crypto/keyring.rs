@@ -1,0 +1,188 @@
+//! The keyring: versioned KEKs sealed under the root key, and the per-token
+//! seal/open that uses them.
+
+use std::collections::BTreeMap;
+
+use zeroize::Zeroizing;
+
+use super::{RootKey, SecretKey, aad, fill_random};
+use crate::error::{Error, Result};
+
+/// Plaintext of the key-check value sealed under the root key.
+const KEY_CHECK: &[u8] = b"aitokens key check";
+/// Length of the random id that ties a keyring to one database.
+const DEPLOYMENT_ID_LEN: usize = 16;
+
+/// A token's internal id: random, never shown, never changed by a rename.
+/// Ciphertexts are bound to it, so they cannot be moved between rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TokenUid([u8; 16]);
+
+impl TokenUid {
+    /// A fresh random uid.
+    pub fn generate() -> Result<Self> {
+        let mut bytes = [0u8; 16];
+        fill_random(&mut bytes)?;
+        Ok(Self(bytes))
+    }
+
+    /// A uid read back from the store; `None` unless exactly 16 bytes.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Self)
+    }
+
+    /// The raw 16 bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+/// A token value as stored: its data key wrapped under one KEK version, and
+/// the value sealed under that data key. Its `Debug` shows no bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedValue {
+    /// The KEK version that wraps `wrapped_data_key`.
+    pub kek_version: u32,
+    /// The token's data key, sealed under KEK `kek_version`.
+    pub wrapped_data_key: Vec<u8>,
+    /// The token value, sealed under the data key.
+    pub value_ciphertext: Vec<u8>,
+}
+
+impl std::fmt::Debug for SealedValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedValue")
+            .field("kek_version", &self.kek_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The keyring as the store keeps it: everything sealed under the root key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyringRecords {
+    /// Random id of the database this keyring belongs to.
+    pub deployment_id: Vec<u8>,
+    /// A fixed check value sealed under the root key: tells a wrong key from a corrupt keyring.
+    pub key_check: Vec<u8>,
+    /// The version that seals new data keys.
+    pub current_version: u32,
+    /// Every KEK version, sealed under the root key.
+    pub sealed_keks: Vec<(u32, Vec<u8>)>,
+}
+
+/// The unsealed keyring, held in memory for the life of the server.
+pub struct Keyring {
+    current_version: u32,
+    keks: BTreeMap<u32, SecretKey>,
+}
+
+impl Keyring {
+    /// A new keyring with KEK version 1, for a new database.
+    pub fn create(root: &RootKey) -> Result<(Self, KeyringRecords)> {
+        let mut deployment_id = vec![0u8; DEPLOYMENT_ID_LEN];
+        fill_random(&mut deployment_id)?;
+        let key_check = root
+            .key()
+            .seal(&aad::key_check(&deployment_id), KEY_CHECK)?;
+        let version = 1;
+        let kek = SecretKey::generate()?;
+        let sealed = root
+            .key()
+            .seal(&aad::kek(&deployment_id, version), kek.expose())?;
+        let records = KeyringRecords {
+            deployment_id,
+            key_check,
+            current_version: version,
+            sealed_keks: vec![(version, sealed)],
+        };
+        let keyring = Self {
+            current_version: version,
+            keks: BTreeMap::from([(version, kek)]),
+        };
+        Ok((keyring, records))
+    }
+
+    /// Unseals a stored keyring. A wrong root key is reported as such, before
+    /// anything else is tried.
+    pub fn open(root: &RootKey, records: &KeyringRecords) -> Result<Self> {
+        let check = root
+            .key()
+            .open(&aad::key_check(&records.deployment_id), &records.key_check)
+            .map_err(|_| {
+                Error::Startup(
+                    "the master key does not match this database (key check failed); \
+                     start with the master key the database was created with"
+                        .into(),
+                )
+            })?;
+        if check.as_slice() != KEY_CHECK {
+            return Err(Error::Startup("the database key check is corrupt".into()));
+        }
+        let mut keks = BTreeMap::new();
+        for (version, sealed) in &records.sealed_keks {
+            let raw = root
+                .key()
+                .open(&aad::kek(&records.deployment_id, *version), sealed)
+                .map_err(|_| {
+                    Error::Startup(format!(
+                        "keyring entry for KEK version {version} failed its integrity check \
+                         (the database was tampered with or is corrupt)"
+                    ))
+                })?;
+            let kek = SecretKey::from_slice(&raw).ok_or_else(|| {
+                Error::Startup(format!(
+                    "keyring entry for KEK version {version} has a bad length"
+                ))
+            })?;
+            keks.insert(*version, kek);
+        }
+        if !keks.contains_key(&records.current_version) {
+            return Err(Error::Startup(format!(
+                "the keyring has no KEK for its current version {}",
+                records.current_version
+            )));
+        }
+        Ok(Self {
+            current_version: records.current_version,
+            keks,
+        })
+    }
+
+    /// Seals a new token value under a fresh data key wrapped by the current KEK.
+    pub fn seal_value(&self, tenant: &str, uid: &TokenUid, value: &[u8]) -> Result<SealedValue> {
+        let kek_version = self.current_version;
+        let kek = self.kek(kek_version)?;
+        let data_key = SecretKey::generate()?;
+        let wrapped_data_key =
+            kek.seal(&aad::data_key(tenant, uid, kek_version), data_key.expose())?;
+        let value_ciphertext = data_key.seal(&aad::value(tenant, uid), value)?;
+        Ok(SealedValue {
+            kek_version,
+            wrapped_data_key,
+            value_ciphertext,
+        })
+    }
+
+    /// Opens a stored value. Uses exactly the KEK version the row names; any
+    /// mismatch of row, tenant, version or bytes is [`Error::DataLoss`].
+    pub fn open_value(
+        &self,
+        tenant: &str,
+        uid: &TokenUid,
+        sealed: &SealedValue,
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let kek = self.kek(sealed.kek_version).map_err(|_| Error::DataLoss)?;
+        let raw_key = kek.open(
+            &aad::data_key(tenant, uid, sealed.kek_version),
+            &sealed.wrapped_data_key,
+        )?;
+        let data_key = SecretKey::from_slice(&raw_key).ok_or(Error::DataLoss)?;
+        data_key.open(&aad::value(tenant, uid), &sealed.value_ciphertext)
+    }
+
+    fn kek(&self, version: u32) -> Result<&SecretKey> {
+        self.keks
+            .get(&version)
+            .ok_or_else(|| Error::Internal(format!("no KEK version {version} in the keyring")))
+    }
+}

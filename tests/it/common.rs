@@ -1,0 +1,268 @@
+//! A real server for tests: certificates generated with rcgen at test time, a
+//! real SQLite file in a temp dir, both listeners on 127.0.0.1 ephemeral ports.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aitokens::{
+    api::pb::{
+        CreateTokenRequest, Token, token_admin_client::TokenAdminClient,
+        token_resolver_client::TokenResolverClient,
+    },
+    config::Config,
+    dev,
+    pki::{Ca, Issued},
+    server::Server,
+};
+use tempfile::TempDir;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{
+    Code, Status,
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
+};
+
+/// A running server over a data folder that outlives restarts.
+pub struct TestServer {
+    pub dir: TempDir,
+    pub config: Config,
+    pub admin_addr: SocketAddr,
+    pub internal_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<aitokens::Result<()>>>,
+}
+
+impl TestServer {
+    /// A server over a fresh data folder (dev certificates, key and policy).
+    pub async fn start() -> Self {
+        Setup::new().start().await
+    }
+
+    /// Starts a server over an existing data folder.
+    pub async fn start_in(dir: TempDir, config: Config) -> Self {
+        let server = Server::open(&config).await.expect("server opens");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let internal = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind internal");
+        let admin_addr = admin.local_addr().expect("addr");
+        let internal_addr = internal.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(admin, internal, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            dir,
+            config,
+            admin_addr,
+            internal_addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server gracefully and hands back its data folder.
+    pub async fn stop(mut self) -> (TempDir, Config) {
+        self.shutdown().await;
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        (dir, self.config.clone())
+    }
+
+    /// Stops, then starts again over the same data folder.
+    pub async fn restart(self) -> Self {
+        let (dir, config) = self.stop().await;
+        Self::start_in(dir, config).await
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("server stops within 30 s")
+                .expect("server task")
+                .expect("server ran cleanly");
+        }
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.config.store.database.clone()
+    }
+
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.path(file)).expect("read dev file")
+    }
+
+    /// The dev client identity `who` ("admin" or "agent").
+    pub fn client_identity(&self, who: &str) -> Identity {
+        Identity::from_pem(
+            self.read(&format!("{who}.pem")),
+            self.read(&format!("{who}.key")),
+        )
+    }
+
+    /// A channel to `addr` trusting the dev CA, presenting `identity`.
+    pub async fn channel(
+        &self,
+        addr: SocketAddr,
+        identity: Option<Identity>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.read("ca.pem")))
+            .domain_name("localhost");
+        if let Some(identity) = identity {
+            tls = tls.identity(identity);
+        }
+        Channel::from_shared(format!("https://{addr}"))
+            .expect("uri")
+            .tls_config(tls)?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+    }
+
+    /// An admin client with the dev admin certificate.
+    pub async fn admin(&self) -> TokenAdminClient<Channel> {
+        let channel = self
+            .channel(self.admin_addr, Some(self.client_identity("admin")))
+            .await
+            .expect("admin channel");
+        TokenAdminClient::new(channel)
+    }
+
+    /// A resolver client with the dev agent certificate.
+    pub async fn resolver(&self) -> TokenResolverClient<Channel> {
+        let channel = self
+            .channel(self.internal_addr, Some(self.client_identity("agent")))
+            .await
+            .expect("resolver channel");
+        TokenResolverClient::new(channel)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A data folder prepared by `aitokens dev`'s own code, before the server starts.
+pub struct Setup {
+    pub dir: TempDir,
+    pub config: Config,
+}
+
+impl Setup {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let any = "127.0.0.1:0".parse().expect("addr");
+        let setup = dev::prepare(dir.path(), any, any).expect("prepare data folder");
+        Self {
+            dir,
+            config: setup.config,
+        }
+    }
+
+    /// Replaces the dev policy.
+    pub fn policy(self, toml: &str) -> Self {
+        std::fs::write(self.dir.path().join("policy.toml"), toml).expect("write policy");
+        self
+    }
+
+    /// Replaces the folder's PKI with one the test holds the CA key of.
+    pub fn pki(&self) -> TestPki {
+        TestPki::install(self.dir.path())
+    }
+
+    pub async fn start(self) -> TestServer {
+        TestServer::start_in(self.dir, self.config).await
+    }
+}
+
+/// Test-owned PKI written over a data folder, for certificates the dev set
+/// does not include (unknown identities, several SANs, tenant-scoped admins).
+pub struct TestPki {
+    pub ca: Ca,
+}
+
+impl TestPki {
+    /// Replaces the PKI of `dir` with a new CA (server, admin and agent
+    /// certificates re-issued), so that the test can issue more.
+    pub fn install(dir: &Path) -> Self {
+        let ca = Ca::generate("aitokens test CA").expect("ca");
+        let server = ca
+            .issue_server(&["localhost", "127.0.0.1"])
+            .expect("server cert");
+        write_pair(dir, "server", &server);
+        write_pair(
+            dir,
+            "admin",
+            &ca.issue_client(dev::ADMIN_IDENTITY).expect("admin"),
+        );
+        write_pair(
+            dir,
+            "agent",
+            &ca.issue_client(dev::AGENT_IDENTITY).expect("agent"),
+        );
+        std::fs::write(dir.join("ca.pem"), ca.cert_pem()).expect("write ca");
+        Self { ca }
+    }
+
+    pub fn client(&self, uri: &str) -> Identity {
+        identity(&self.ca.issue_client(uri).expect("issue"))
+    }
+}
+
+fn write_pair(dir: &Path, name: &str, issued: &Issued) {
+    std::fs::write(dir.join(format!("{name}.pem")), &issued.cert_pem).expect("write cert");
+    std::fs::write(dir.join(format!("{name}.key")), issued.key_pem.as_bytes()).expect("write key");
+}
+
+pub fn identity(issued: &Issued) -> Identity {
+    Identity::from_pem(&issued.cert_pem, issued.key_pem.as_bytes())
+}
+
+/// A CreateTokenRequest for `tenants/{tenant}` / `token_id` holding `value`.
+pub fn create_request(tenant: &str, token_id: &str, value: &str) -> CreateTokenRequest {
+    CreateTokenRequest {
+        parent: format!("tenants/{tenant}"),
+        token_id: token_id.to_owned(),
+        token: Some(Token {
+            display_name: format!("Token {token_id}"),
+            ..Default::default()
+        }),
+        value: value.to_owned(),
+    }
+}
+
+/// Asserts `status` is `code` and, for INVALID_ARGUMENT, that a BadRequest
+/// field violation names `field`.
+pub fn assert_status(status: &Status, code: Code, field: Option<&str>) {
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    if let Some(field) = field {
+        use tonic_types::StatusExt;
+        let details = status.get_error_details();
+        let bad = details.bad_request().expect("BadRequest details");
+        assert!(
+            bad.field_violations.iter().any(|v| v.field == field),
+            "expected a violation on {field}, got {:?}",
+            bad.field_violations
+        );
+        assert!(
+            status.message().starts_with(field),
+            "message names the field: {}",
+            status.message()
+        );
+    }
+}

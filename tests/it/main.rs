@@ -1,0 +1,10 @@
+//! Integration tests: the real server, real TLS, a real SQLite file.
+//!
+//! One test binary with modules (it builds much faster than many binaries).
+
+mod admin;
+mod binary;
+mod common;
+mod mtls;
+mod store;
+mod validation;
