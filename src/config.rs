@@ -18,6 +18,14 @@
 //! [store]
 //! database = "aitokens.db"
 //! master_key_file = "master.key"
+//!
+//! [usage]                    # optional; these are the defaults
+//! track = true               # record who resolves what (in memory, flushed in batches)
+//! flush_interval_secs = 2    # how often counters and queued audit events are written
+//! recent_window_secs = 86400 # a resolve this recent blocks RemoveToken
+//!
+//! [audit]                    # optional
+//! jsonl = "audit.jsonl"      # mirror every audit record to this JSON-lines file
 //! ```
 //!
 //! Relative paths are relative to the directory of the config file. The file
@@ -44,6 +52,42 @@ pub struct Config {
     pub internal: ListenerConfig,
     /// Database and root key.
     pub store: StoreConfig,
+    /// Usage tracking.
+    #[serde(default)]
+    pub usage: UsageConfig,
+    /// Audit trail options.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// Usage tracking settings.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// Record resolves per (token, caller) in memory.
+    pub track: bool,
+    /// Seconds between batch writes of counters and queued audit events.
+    pub flush_interval_secs: u64,
+    /// Seconds within which a resolve counts as recent.
+    pub recent_window_secs: u64,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            track: true,
+            flush_interval_secs: 2,
+            recent_window_secs: 24 * 60 * 60,
+        }
+    }
+}
+
+/// Audit trail settings.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Optional JSON-lines file that mirrors every audit record.
+    pub jsonl: Option<PathBuf>,
 }
 
 /// One TLS listener. Clients must present a certificate that chains to `client_ca`.
@@ -79,6 +123,12 @@ impl Config {
             .map_err(|e| Error::Startup(format!("config {}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.rebase(base);
+        if config.usage.flush_interval_secs == 0 {
+            return Err(Error::Startup(format!(
+                "config {}: usage.flush_interval_secs must be at least 1",
+                path.display()
+            )));
+        }
         Ok(config)
     }
 
@@ -95,7 +145,7 @@ impl Config {
             &mut self.store.database,
             &mut self.store.master_key_file,
         ];
-        for path in paths {
+        for path in paths.into_iter().chain(self.audit.jsonl.as_mut()) {
             if path.is_relative() {
                 *path = base.join(&*path);
             }

@@ -92,6 +92,8 @@ pub fn prepare(dir: &Path, admin: SocketAddr, internal: SocketAddr) -> Result<De
             database: "aitokens.db".into(),
             master_key_file: "master.key".into(),
         },
+        usage: Default::default(),
+        audit: Default::default(),
     };
     let text = toml::to_string(&config).map_err(|e| Error::Internal(format!("config: {e}")))?;
     let config_path = dir.join("config.toml");

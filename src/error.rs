@@ -19,12 +19,23 @@ pub enum Error {
         /// The rule the field broke. Never contains the field's value.
         reason: &'static str,
     },
-    /// The named token does not exist (or the caller may not know it does).
-    #[error("token not found")]
-    NotFound,
-    /// A token with this id already exists in the tenant.
-    #[error("a token with this id already exists")]
-    AlreadyExists,
+    /// The named resource (`"token"`, `"binding"`) does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A resource (`"token"`, `"binding"`) with this id already exists.
+    #[error("a {0} with this id already exists")]
+    AlreadyExists(&'static str),
+    /// The request is valid but the resource's state forbids it. `reason` is
+    /// a stable machine-readable code (ErrorInfo); `violations` say what blocks.
+    #[error("failed precondition: {message}")]
+    FailedPrecondition {
+        /// Stable reason code, e.g. `TOKEN_DISABLED`.
+        reason: &'static str,
+        /// What a person should know.
+        message: &'static str,
+        /// What blocks the request (PreconditionFailure violations).
+        violations: Vec<Violation>,
+    },
     /// The etag in the request does not match the token's current etag.
     #[error("etag mismatch: the token changed since it was read")]
     Aborted,
@@ -50,6 +61,20 @@ pub enum Error {
     Internal(String),
 }
 
+/// One thing that blocks a request (google.rpc.PreconditionFailure.Violation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Kind of blocker, e.g. `BINDING` or `RECENT_CALLER`.
+    pub kind: &'static str,
+    /// Which one (a binding name, a caller identity).
+    pub subject: String,
+    /// Why it blocks.
+    pub description: String,
+}
+
+/// The ErrorInfo domain of aitokens' machine-readable error reasons.
+pub const ERROR_DOMAIN: &str = "aitokens.dev";
+
 /// Shorthand used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -57,6 +82,15 @@ impl Error {
     /// An `InvalidArgument` for `field`.
     pub fn invalid(field: &'static str, reason: &'static str) -> Self {
         Self::InvalidArgument { field, reason }
+    }
+
+    /// The token named by `replaces` already has a replacement.
+    pub fn already_replaced() -> Self {
+        Self::FailedPrecondition {
+            reason: "TOKEN_ALREADY_REPLACED",
+            message: "the token named by replaces already has a replacement",
+            violations: Vec::new(),
+        }
     }
 }
 
@@ -80,8 +114,22 @@ impl From<Error> for Status {
                     details,
                 )
             }
-            Error::NotFound => Status::not_found("token not found"),
-            Error::AlreadyExists => Status::already_exists("a token with this id already exists"),
+            Error::NotFound(what) => Status::not_found(format!("{what} not found")),
+            Error::AlreadyExists(what) => {
+                Status::already_exists(format!("a {what} with this id already exists"))
+            }
+            Error::FailedPrecondition {
+                reason,
+                message,
+                violations,
+            } => {
+                let mut details = ErrorDetails::new();
+                details.set_error_info(*reason, ERROR_DOMAIN, std::collections::HashMap::new());
+                for v in violations {
+                    details.add_precondition_failure_violation(v.kind, &v.subject, &v.description);
+                }
+                Status::with_error_details(Code::FailedPrecondition, *message, details)
+            }
             Error::Aborted => Status::aborted(
                 "etag mismatch: the token changed since it was read; get it again and retry",
             ),

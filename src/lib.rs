@@ -23,6 +23,7 @@
 //! domain handle; [`dev`] and [`pki`] make the embedded default.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod crypto;

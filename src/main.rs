@@ -11,6 +11,7 @@ use aitokens::{
     config::Config,
     dev::{self, DevSetup},
     server::Server,
+    store::{AuditVerdict, verify_audit_file},
 };
 
 /// aitokens: a secrets service for AI tokens, over gRPC with mutual TLS.
@@ -46,6 +47,25 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Inspect the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the audit log's hash chain: exits 0 if every record is in place
+    /// and unaltered, 1 naming the first record where the chain breaks.
+    Verify {
+        /// The database file (no key is needed).
+        #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+        db: Option<PathBuf>,
+        /// Or the server config file, to use its database.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -67,6 +87,28 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Audit {
+            command: AuditCommand::Verify { db, config },
+        } => {
+            let db = match (db, config) {
+                (Some(db), _) => db,
+                (None, Some(config)) => Config::load(&config)?.store.database,
+                (None, None) => return Err(Error::Startup("pass --db or --config".into())),
+            };
+            match verify_audit_file(&db)? {
+                AuditVerdict::Intact { records } => {
+                    println!(
+                        "audit chain intact: {records} records verified in {}",
+                        db.display()
+                    );
+                    Ok(())
+                }
+                AuditVerdict::Broken { seq, reason } => Err(Error::Startup(format!(
+                    "audit chain broken at record {seq}: {reason} ({})",
+                    db.display()
+                ))),
+            }
+        }
         Command::Dev {
             dir,
             admin_addr,

@@ -5,11 +5,21 @@
 //! - **internal** listener: `TokenResolver`, health, reflection. mTLS; the
 //!   caller must be a resolver identity allowed for the token.
 //!
+//! Beside them run two background tasks: the flusher, which writes usage
+//! counters and queued audit events in batches (and once more at shutdown),
+//! and the policy reloader, which swaps in a changed policy file on SIGHUP or
+//! when the file changes, keeping the old policy if the new one is invalid.
+//!
 //! [`Server::open`] does every start-up check (policy, TLS material, master
 //! key, database integrity, keyring) before anything listens, so a bad
 //! deployment fails with one clear message and never half-serves.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use rustls::ServerConfig;
 use tokio::{net::TcpListener, sync::watch};
@@ -23,13 +33,14 @@ use crate::{
             self, token_admin_server::TokenAdminServer, token_resolver_server::TokenResolverServer,
         },
     },
+    audit::JsonlSink,
     auth::{Policy, PolicyHandle},
     config::Config,
     crypto::{Keyring, RootKey},
     error::{Error, Result},
     store::{SqliteStore, TokenStore},
     tls::{self, TlsIncoming},
-    tokens::Tokens,
+    tokens::{Tokens, UsageSettings},
 };
 
 /// Longest a connection lives before the server asks the client to reconnect
@@ -46,6 +57,8 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 pub struct Server {
     tokens: Tokens,
     policy: Arc<PolicyHandle>,
+    policy_path: PathBuf,
+    flush_interval: Duration,
     admin_tls: Arc<ServerConfig>,
     internal_tls: Arc<ServerConfig>,
 }
@@ -65,7 +78,10 @@ impl Server {
         let admin_tls = tls::server_config(&config.admin)?;
         let internal_tls = tls::server_config(&config.internal)?;
         let root = RootKey::from_file(&config.store.master_key_file)?;
-        let store = SqliteStore::open(&config.store.database)?;
+        let mut store = SqliteStore::open(&config.store.database)?;
+        if let Some(path) = &config.audit.jsonl {
+            store = store.with_audit_mirror(JsonlSink::new(path.clone()));
+        }
         let keyring = match store.keyring()? {
             Some(records) => Keyring::open(&root, &records)?,
             None => {
@@ -76,10 +92,16 @@ impl Server {
             }
         };
         drop(root);
-        let tokens = Tokens::new(Arc::new(store), Arc::new(keyring));
+        let settings = UsageSettings {
+            track: config.usage.track,
+            recent_window: Duration::from_secs(config.usage.recent_window_secs),
+        };
+        let tokens = Tokens::new(Arc::new(store), Arc::new(keyring), settings);
         Ok(Self {
             tokens,
             policy: Arc::new(PolicyHandle::new(policy)),
+            policy_path: config.policy.clone(),
+            flush_interval: Duration::from_secs(config.usage.flush_interval_secs),
             admin_tls,
             internal_tls,
         })
@@ -108,11 +130,23 @@ impl Server {
             .set_serving::<TokenResolverServer<ResolverApi>>()
             .await;
 
+        let flusher = tokio::spawn(flush_periodically(
+            self.tokens.clone(),
+            self.flush_interval,
+            stop_rx.clone(),
+        ));
+        let reloader = tokio::spawn(reload_policy(
+            self.policy.clone(),
+            self.policy_path.clone(),
+            stop_rx.clone(),
+        ));
+
         let admin_api =
             TokenAdminServer::new(AdminApi::new(self.tokens.clone(), self.policy.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES);
-        let resolver_api = TokenResolverServer::new(ResolverApi::new(self.tokens, self.policy))
-            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let resolver_api =
+            TokenResolverServer::new(ResolverApi::new(self.tokens.clone(), self.policy))
+                .max_decoding_message_size(MAX_REQUEST_BYTES);
 
         let admin_server = builder()
             .add_service(admin_health_service)
@@ -154,18 +188,24 @@ impl Server {
             let _ = stop_rx.wait_for(|stopped| *stopped).await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         };
-        tokio::select! {
-            (admin_result, internal_result) = servers => {
-                admin_result
-                    .and(internal_result)
-                    .map_err(|e| Error::Internal(format!("gRPC server: {e}")))?;
-            }
+        let served = tokio::select! {
+            (admin_result, internal_result) = servers => admin_result
+                .and(internal_result)
+                .map_err(|e| Error::Internal(format!("gRPC server: {e}"))),
             () = deadline => {
                 tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the shutdown grace period; closing them");
+                Ok(())
             }
+        };
+        reloader.abort();
+        let _ = flusher.await;
+        // Last flush: nothing counted or queued before the stop is lost.
+        let flushed = self.tokens.flush().await;
+        if let Err(e) = &flushed {
+            tracing::error!(error = %e, "final flush of usage counters and audit events failed");
         }
         tracing::info!("server stopped");
-        Ok(())
+        served.and(flushed)
     }
 }
 
@@ -191,6 +231,66 @@ fn reflection(service: &str) -> tonic_reflection::server::Builder<'static> {
 
 fn reflection_error(e: tonic_reflection::server::Error) -> Error {
     Error::Internal(format!("reflection: {e}"))
+}
+
+/// Writes usage counters and queued audit events every `interval` until stop.
+async fn flush_periodically(tokens: Tokens, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if let Err(e) = tokens.flush().await {
+                    tracing::error!(error = %e, "flushing usage counters and audit events failed; will retry");
+                }
+            }
+            () = stopped_signal(&mut stop) => return,
+        }
+    }
+}
+
+/// Completes once a stop is requested (holding no watch guard across awaits).
+async fn stopped_signal(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// How often the policy file is checked for changes.
+const POLICY_POLL: Duration = Duration::from_secs(1);
+
+/// Reloads the policy on SIGHUP or when its file changes. An invalid new
+/// file keeps the old policy in force and says why in the log. Requests in
+/// flight keep the policy they started with; connections are not touched.
+async fn reload_policy(policy: Arc<PolicyHandle>, path: PathBuf, mut stop: watch::Receiver<bool>) {
+    let fingerprint = |path: &Path| std::fs::read(path).ok();
+    let mut seen = fingerprint(&path);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut ticker = tokio::time::interval(POLICY_POLL);
+    loop {
+        let forced = tokio::select! {
+            _ = ticker.tick() => false,
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            () = stopped_signal(&mut stop) => return,
+        };
+        let current = fingerprint(&path);
+        if !forced && current == seen {
+            continue;
+        }
+        seen = current;
+        let loaded = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || Policy::load(&path)).await
+        };
+        match loaded {
+            Ok(Ok(new_policy)) => {
+                policy.replace(new_policy);
+                tracing::info!(path = %path.display(), "policy reloaded");
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "policy not reloaded; the previous policy stays in force")
+            }
+            Err(e) => tracing::error!(error = %e, "policy reload task failed"),
+        }
+    }
 }
 
 /// Resolves when shutdown is requested, after marking the listener's health

@@ -1,27 +1,34 @@
-//! `aitokens.v1.TokenAdmin`: the public admin surface. Never returns a value.
+//! `aitokens.v1.TokenAdmin`, token lifecycle: create, get, list, rename,
+//! disable/enable, remove. Never returns a value.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use super::{
+    audit_failure, identify,
     pb::{
-        CreateTokenRequest, GetTokenRequest, ListTokensRequest, ListTokensResponse,
-        RemoveTokenRequest, RemoveTokenResponse, RenameTokenRequest, Token, token_admin_server,
+        CreateTokenBindingRequest, CreateTokenRequest, DeleteTokenBindingRequest,
+        DeleteTokenBindingResponse, DisableTokenRequest, EnableTokenRequest,
+        GetReplacementStatusRequest, GetTokenRequest, ListAuditEventsRequest,
+        ListAuditEventsResponse, ListTokenBindingsRequest, ListTokenBindingsResponse,
+        ListTokenUsagesRequest, ListTokenUsagesResponse, ListTokensRequest, ListTokensResponse,
+        RemoveTokenRequest, RemoveTokenResponse, RenameTokenRequest, ReplacementStatus, Token,
+        TokenBinding, token_admin_server,
     },
-    peer_identity,
 };
 use crate::{
-    auth::{Caller, PolicyHandle},
-    error::Result,
+    audit::{Actor, Outcome},
+    auth::PolicyHandle,
+    error::{Error, Result},
     tokens::{Rename, SecretValue, TenantId, TokenName, Tokens},
 };
 
 /// Serves TokenAdmin over the domain.
 #[derive(Clone)]
 pub struct AdminApi {
-    tokens: Tokens,
-    policy: Arc<PolicyHandle>,
+    pub(super) tokens: Tokens,
+    pub(super) policy: Arc<PolicyHandle>,
 }
 
 impl AdminApi {
@@ -30,21 +37,70 @@ impl AdminApi {
         Self { tokens, policy }
     }
 
-    fn authorize<T>(
+    /// Identifies the caller and checks it administers `tenant`; audits a
+    /// refusal. Returns the actor to attribute the request to.
+    pub(super) fn authorize<T>(
         &self,
         request: &Request<T>,
-        tenant: &TenantId,
         method: &'static str,
-    ) -> Result<Caller> {
-        let peer = peer_identity(request)?;
-        self.policy
-            .current()
-            .authorize_admin(&peer, tenant)
-            .inspect_err(|_| {
-                tracing::warn!(method, caller = %peer.display(), %tenant, "admin request denied");
-            })
+        tenant: &TenantId,
+        resource: &str,
+    ) -> Result<Actor> {
+        let audit = self.tokens.audit_queue();
+        let (peer, mut actor) = identify(request, method, resource, audit)?;
+        match self.policy.current().authorize_admin(&peer, tenant) {
+            Ok(caller) => {
+                actor.identity = caller.identity;
+                Ok(actor)
+            }
+            Err(e) => {
+                tracing::warn!(method, caller = %actor.identity, %tenant, "admin request denied");
+                audit.push(actor.event(
+                    Some(tenant.as_str()),
+                    resource,
+                    Outcome::Denied,
+                    "not an admin of this tenant",
+                ));
+                Err(e)
+            }
+        }
+    }
+
+    /// Audits an allowed request that changes nothing (through the batch queue).
+    pub(super) fn audit_read(&self, actor: &Actor, tenant: &TenantId, resource: &str) {
+        self.tokens.audit_queue().push(actor.event(
+            Some(tenant.as_str()),
+            resource,
+            Outcome::Allowed,
+            "read",
+        ));
+    }
+
+    /// Runs an authorized request's domain call, auditing its failure.
+    pub(super) fn finish<T>(
+        &self,
+        actor: &Actor,
+        tenant: &TenantId,
+        resource: &str,
+        result: Result<T>,
+    ) -> Result<T> {
+        audit_failure(
+            self.tokens.audit_queue(),
+            actor,
+            tenant.as_str(),
+            resource,
+            result,
+        )
     }
 }
+
+const CREATE: &str = "aitokens.v1.TokenAdmin/CreateToken";
+const GET: &str = "aitokens.v1.TokenAdmin/GetToken";
+const LIST: &str = "aitokens.v1.TokenAdmin/ListTokens";
+const RENAME: &str = "aitokens.v1.TokenAdmin/RenameToken";
+const REMOVE: &str = "aitokens.v1.TokenAdmin/RemoveToken";
+const DISABLE: &str = "aitokens.v1.TokenAdmin/DisableToken";
+const ENABLE: &str = "aitokens.v1.TokenAdmin/EnableToken";
 
 #[tonic::async_trait]
 impl token_admin_server::TokenAdmin for AdminApi {
@@ -54,18 +110,27 @@ impl token_admin_server::TokenAdmin for AdminApi {
         request: Request<CreateTokenRequest>,
     ) -> Result<Response<Token>, Status> {
         let tenant = TenantId::from_parent(&request.get_ref().parent, "parent")?;
-        let caller = self.authorize(&request, &tenant, "CreateToken")?;
+        let resource = format!("tenants/{tenant}/tokens/{}", request.get_ref().token_id);
+        let actor = self.authorize(&request, CREATE, &tenant, &resource)?;
         let mut request = request.into_inner();
         let value = SecretValue::new(std::mem::take(&mut request.value));
         let display_name = request
             .token
             .as_ref()
             .map_or("", |t| t.display_name.as_str());
-        let record = self
+        let created = self
             .tokens
-            .create(tenant, &request.token_id, display_name, value)
-            .await?;
-        tracing::info!(caller = %caller.identity, name = %record.name, "token created");
+            .create(
+                &actor,
+                tenant.clone(),
+                &request.token_id,
+                display_name,
+                value,
+                &request.replaces,
+            )
+            .await;
+        let record = self.finish(&actor, &tenant, &resource, created)?;
+        tracing::info!(caller = %actor.identity, name = %record.name, "token created");
         Ok(Response::new(record.into()))
     }
 
@@ -75,8 +140,12 @@ impl token_admin_server::TokenAdmin for AdminApi {
         request: Request<GetTokenRequest>,
     ) -> Result<Response<Token>, Status> {
         let name = TokenName::parse(&request.get_ref().name, "name")?;
-        self.authorize(&request, &name.tenant, "GetToken")?;
-        Ok(Response::new(self.tokens.get(name).await?.into()))
+        let resource = name.to_string();
+        let actor = self.authorize(&request, GET, &name.tenant, &resource)?;
+        let tenant = name.tenant.clone();
+        let record = self.finish(&actor, &tenant, &resource, self.tokens.get(name).await)?;
+        self.audit_read(&actor, &tenant, &resource);
+        Ok(Response::new(record.into()))
     }
 
     #[tracing::instrument(name = "ListTokens", skip_all)]
@@ -85,16 +154,29 @@ impl token_admin_server::TokenAdmin for AdminApi {
         request: Request<ListTokensRequest>,
     ) -> Result<Response<ListTokensResponse>, Status> {
         let tenant = TenantId::from_parent(&request.get_ref().parent, "parent")?;
-        self.authorize(&request, &tenant, "ListTokens")?;
+        let resource = format!("tenants/{tenant}");
+        let actor = self.authorize(&request, LIST, &tenant, &resource)?;
         let ListTokensRequest {
             page_size,
             page_token,
+            unused_for,
             ..
         } = request.into_inner();
-        let page = self.tokens.list(tenant, page_size, &page_token).await?;
+        let unused_for = unused_for
+            .map(|d| {
+                std::time::Duration::try_from(d)
+                    .map_err(|_| Error::invalid("unused_for", "must be a non-negative duration"))
+            })
+            .transpose()?;
+        let listed = self
+            .tokens
+            .list(tenant.clone(), page_size, &page_token, unused_for)
+            .await;
+        let page = self.finish(&actor, &tenant, &resource, listed)?;
+        self.audit_read(&actor, &tenant, &resource);
         Ok(Response::new(ListTokensResponse {
-            tokens: page.tokens.into_iter().map(Token::from).collect(),
-            next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
+            tokens: page.items.into_iter().map(Token::from).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
 
@@ -104,7 +186,8 @@ impl token_admin_server::TokenAdmin for AdminApi {
         request: Request<RenameTokenRequest>,
     ) -> Result<Response<Token>, Status> {
         let name = TokenName::parse(&request.get_ref().name, "name")?;
-        let caller = self.authorize(&request, &name.tenant, "RenameToken")?;
+        let resource = name.to_string();
+        let actor = self.authorize(&request, RENAME, &name.tenant, &resource)?;
         let RenameTokenRequest {
             display_name,
             new_token_id,
@@ -116,8 +199,14 @@ impl token_admin_server::TokenAdmin for AdminApi {
             new_token_id,
             etag,
         };
-        let record = self.tokens.rename(name.clone(), change).await?;
-        tracing::info!(caller = %caller.identity, %name, new_name = %record.name, "token renamed");
+        let tenant = name.tenant.clone();
+        let record = self.finish(
+            &actor,
+            &tenant,
+            &resource,
+            self.tokens.rename(&actor, name, change).await,
+        )?;
+        tracing::info!(caller = %actor.identity, %resource, new_name = %record.name, "token renamed");
         Ok(Response::new(record.into()))
     }
 
@@ -127,11 +216,99 @@ impl token_admin_server::TokenAdmin for AdminApi {
         request: Request<RemoveTokenRequest>,
     ) -> Result<Response<RemoveTokenResponse>, Status> {
         let name = TokenName::parse(&request.get_ref().name, "name")?;
-        let caller = self.authorize(&request, &name.tenant, "RemoveToken")?;
-        self.tokens
-            .remove(name.clone(), request.into_inner().etag)
-            .await?;
-        tracing::info!(caller = %caller.identity, %name, "token removed");
+        let resource = name.to_string();
+        let actor = self.authorize(&request, REMOVE, &name.tenant, &resource)?;
+        let RemoveTokenRequest { etag, force, .. } = request.into_inner();
+        let tenant = name.tenant.clone();
+        self.finish(
+            &actor,
+            &tenant,
+            &resource,
+            self.tokens.remove(&actor, name, etag, force).await,
+        )?;
+        tracing::info!(caller = %actor.identity, %resource, force, "token removed");
         Ok(Response::new(RemoveTokenResponse {}))
+    }
+
+    #[tracing::instrument(name = "DisableToken", skip_all)]
+    async fn disable_token(
+        &self,
+        request: Request<DisableTokenRequest>,
+    ) -> Result<Response<Token>, Status> {
+        let name = TokenName::parse(&request.get_ref().name, "name")?;
+        let resource = name.to_string();
+        let actor = self.authorize(&request, DISABLE, &name.tenant, &resource)?;
+        let tenant = name.tenant.clone();
+        let etag = request.into_inner().etag;
+        let record = self.finish(
+            &actor,
+            &tenant,
+            &resource,
+            self.tokens.set_disabled(&actor, name, true, etag).await,
+        )?;
+        tracing::warn!(caller = %actor.identity, %resource, "token disabled");
+        Ok(Response::new(record.into()))
+    }
+
+    #[tracing::instrument(name = "EnableToken", skip_all)]
+    async fn enable_token(
+        &self,
+        request: Request<EnableTokenRequest>,
+    ) -> Result<Response<Token>, Status> {
+        let name = TokenName::parse(&request.get_ref().name, "name")?;
+        let resource = name.to_string();
+        let actor = self.authorize(&request, ENABLE, &name.tenant, &resource)?;
+        let tenant = name.tenant.clone();
+        let etag = request.into_inner().etag;
+        let record = self.finish(
+            &actor,
+            &tenant,
+            &resource,
+            self.tokens.set_disabled(&actor, name, false, etag).await,
+        )?;
+        tracing::info!(caller = %actor.identity, %resource, "token enabled");
+        Ok(Response::new(record.into()))
+    }
+
+    async fn list_token_usages(
+        &self,
+        request: Request<ListTokenUsagesRequest>,
+    ) -> Result<Response<ListTokenUsagesResponse>, Status> {
+        self.handle_list_token_usages(request).await
+    }
+
+    async fn get_replacement_status(
+        &self,
+        request: Request<GetReplacementStatusRequest>,
+    ) -> Result<Response<ReplacementStatus>, Status> {
+        self.handle_get_replacement_status(request).await
+    }
+
+    async fn create_token_binding(
+        &self,
+        request: Request<CreateTokenBindingRequest>,
+    ) -> Result<Response<TokenBinding>, Status> {
+        self.handle_create_token_binding(request).await
+    }
+
+    async fn list_token_bindings(
+        &self,
+        request: Request<ListTokenBindingsRequest>,
+    ) -> Result<Response<ListTokenBindingsResponse>, Status> {
+        self.handle_list_token_bindings(request).await
+    }
+
+    async fn delete_token_binding(
+        &self,
+        request: Request<DeleteTokenBindingRequest>,
+    ) -> Result<Response<DeleteTokenBindingResponse>, Status> {
+        self.handle_delete_token_binding(request).await
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<ListAuditEventsRequest>,
+    ) -> Result<Response<ListAuditEventsResponse>, Status> {
+        self.handle_list_audit_events(request).await
     }
 }

@@ -1,17 +1,26 @@
 //! `aitokens.v1.TokenResolver`: the internal-only surface that hands out values.
+//!
+//! The hot path: identity from the client certificate, policy check in
+//! memory, one indexed read and two AEAD opens on the blocking pool, usage
+//! counted in memory. An allowed resolve writes nothing to disk; refusals and
+//! failures are queued as audit events and written in the next batch.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use super::{
+    identify,
     pb::{ResolveTokenRequest, ResolveTokenResponse, token_resolver_server},
-    peer_identity,
 };
 use crate::{
+    audit::Outcome,
     auth::PolicyHandle,
+    error::Error,
     tokens::{TokenName, Tokens},
 };
+
+const RESOLVE: &str = "aitokens.v1.TokenResolver/ResolveToken";
 
 /// Serves TokenResolver over the domain.
 #[derive(Clone)]
@@ -34,18 +43,52 @@ impl token_resolver_server::TokenResolver for ResolverApi {
         &self,
         request: Request<ResolveTokenRequest>,
     ) -> Result<Response<ResolveTokenResponse>, Status> {
-        let peer = peer_identity(&request)?;
+        let audit = self.tokens.audit_queue();
+        let (peer, mut actor) = identify(&request, RESOLVE, &request.get_ref().name, audit)?;
         let name = TokenName::parse(&request.get_ref().name, "name")?;
+        let resource = name.to_string();
+        let tenant = name.tenant.as_str();
         // Authorization comes before any read or decryption.
-        if let Err(denied) = self.policy.current().authorize_resolve(&peer, &name) {
-            tracing::warn!(caller = %peer.display(), %name, "resolve denied");
-            return Err(denied.into());
+        let caller = match self.policy.current().authorize_resolve(&peer, &name) {
+            Ok(caller) => caller,
+            Err(denied) => {
+                tracing::warn!(caller = %actor.identity, %name, "resolve denied");
+                self.tokens.record_denied_resolve(&name, &actor.identity);
+                audit.push(actor.event(
+                    Some(tenant),
+                    resource,
+                    Outcome::Denied,
+                    "the policy does not allow this caller",
+                ));
+                return Err(denied.into());
+            }
+        };
+        actor.identity = caller.identity;
+        match self
+            .tokens
+            .resolve(name.clone(), &actor.identity, caller.require_binding)
+            .await
+        {
+            Ok(value) => Ok(Response::new(ResolveTokenResponse {
+                name: resource,
+                // Moved, not copied; the response zeroizes it when dropped.
+                value: value.into_string(),
+            })),
+            Err(e) => {
+                let (outcome, reason) = match &e {
+                    Error::PermissionDenied => (
+                        Outcome::Denied,
+                        "no binding names this caller (bindings-only mode)".to_owned(),
+                    ),
+                    Error::FailedPrecondition { reason, .. } => {
+                        (Outcome::Denied, format!("refused: {reason}"))
+                    }
+                    other => (Outcome::Failed, other.to_string()),
+                };
+                tracing::warn!(caller = %actor.identity, %name, %reason, "resolve refused");
+                audit.push(actor.event(Some(tenant), resource, outcome, reason));
+                Err(e.into())
+            }
         }
-        let value = self.tokens.resolve(name.clone()).await?;
-        Ok(Response::new(ResolveTokenResponse {
-            name: name.to_string(),
-            // Moved, not copied; the response zeroizes it when dropped.
-            value: value.into_string(),
-        }))
     }
 }

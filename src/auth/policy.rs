@@ -10,7 +10,11 @@
 //! identity = "dns:agent.acme.internal"          # a DNS SAN
 //! tenants = ["acme"]
 //! tokens = ["openai-*"]                         # token-id patterns; * matches any run
+//! bindings_only = true                          # and only tokens a binding names it for
 //! ```
+//!
+//! A top-level `bindings_only = true` turns that mode on for every resolver:
+//! then knowing a token id grants nothing without a binding naming the caller.
 
 use std::{
     collections::HashMap,
@@ -31,6 +35,8 @@ use crate::{
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
     #[serde(default)]
+    bindings_only: bool,
+    #[serde(default)]
     admin: Vec<AdminEntry>,
     #[serde(default)]
     resolver: Vec<ResolverEntry>,
@@ -49,6 +55,8 @@ struct ResolverEntry {
     identity: String,
     tenants: Vec<String>,
     tokens: Vec<String>,
+    #[serde(default)]
+    bindings_only: bool,
 }
 
 /// Which tenants a grant covers.
@@ -90,6 +98,7 @@ impl Tenants {
 struct ResolverGrant {
     tenants: Tenants,
     token_patterns: Vec<String>,
+    bindings_only: bool,
 }
 
 /// A parsed, validated policy.
@@ -104,6 +113,8 @@ pub struct Policy {
 pub struct Caller {
     /// The identity as the policy names it (`spiffe://...` or `dns:...`).
     pub identity: String,
+    /// For resolvers: a binding must also name this identity.
+    pub require_binding: bool,
 }
 
 impl Policy {
@@ -150,6 +161,7 @@ impl Policy {
             let grant = ResolverGrant {
                 tenants,
                 token_patterns: entry.tokens,
+                bindings_only: entry.bindings_only || file.bindings_only,
             };
             if policy
                 .resolvers
@@ -169,23 +181,40 @@ impl Policy {
     pub fn authorize_admin(&self, peer: &PeerIdentity, tenant: &TenantId) -> Result<Caller> {
         peer.policy_keys()
             .find(|key| self.admins.get(key).is_some_and(|t| t.covers(tenant)))
-            .map(|identity| Caller { identity })
+            .map(|identity| Caller {
+                identity,
+                require_binding: false,
+            })
+            .ok_or(Error::PermissionDenied)
+    }
+
+    /// Allows `peer` to administer every tenant (for tenant-wide reads such as
+    /// the whole audit trail), or denies.
+    pub fn authorize_admin_of_all(&self, peer: &PeerIdentity) -> Result<Caller> {
+        peer.policy_keys()
+            .find(|key| self.admins.get(key) == Some(&Tenants::All))
+            .map(|identity| Caller {
+                identity,
+                require_binding: false,
+            })
             .ok_or(Error::PermissionDenied)
     }
 
     /// Allows `peer` to resolve `name`, or denies.
     pub fn authorize_resolve(&self, peer: &PeerIdentity, name: &TokenName) -> Result<Caller> {
         peer.policy_keys()
-            .find(|key| {
-                self.resolvers.get(key).is_some_and(|grant| {
-                    grant.tenants.covers(&name.tenant)
-                        && grant
-                            .token_patterns
-                            .iter()
-                            .any(|p| glob_match(p, name.token_id.as_str()))
+            .find_map(|key| {
+                let grant = self.resolvers.get(&key)?;
+                let allowed = grant.tenants.covers(&name.tenant)
+                    && grant
+                        .token_patterns
+                        .iter()
+                        .any(|p| glob_match(p, name.token_id.as_str()));
+                allowed.then_some(Caller {
+                    identity: key,
+                    require_binding: grant.bindings_only,
                 })
             })
-            .map(|identity| Caller { identity })
             .ok_or(Error::PermissionDenied)
     }
 }

@@ -3,23 +3,81 @@
 //! [`TokenStore`] is what the domain needs and nothing more; SQLite
 //! ([`SqliteStore`]) is the embedded implementation, and a PostgreSQL one can
 //! sit behind the same trait later. Every method blocks: callers run them on
-//! the blocking pool. Values reach the store only sealed.
+//! the blocking pool. Values reach the store only sealed. Every mutation
+//! writes its audit events in the same transaction (fail closed).
 
 mod schema;
 mod sqlite;
 
-pub use sqlite::SqliteStore;
+use std::time::SystemTime;
+
+pub use sqlite::{AuditVerdict, SqliteStore, verify_audit_file};
 
 use crate::{
-    crypto::{KeyringRecords, SealedValue},
+    audit::{AuditEvent, AuditRecord},
+    crypto::{KeyringRecords, SealedValue, TokenUid},
     error::Result,
-    tokens::{TenantId, TokenName, TokenRecord},
+    tokens::{BindingId, TenantId, TokenId, TokenName, TokenRecord, UsageBatch, UsageStats},
 };
 
-/// Decides, inside the store's write transaction, what a row becomes.
-pub type UpdateFn<'a> = dyn FnMut(&TokenRecord) -> Result<TokenRecord> + 'a;
-/// Decides, inside the store's write transaction, whether a row may go.
-pub type CheckFn<'a> = dyn FnMut(&TokenRecord) -> Result<()> + 'a;
+/// Decides, inside the store's write transaction, what a row becomes and
+/// which audit events record it.
+pub type UpdateFn<'a> = dyn FnMut(&TokenRecord) -> Result<(TokenRecord, Vec<AuditEvent>)> + 'a;
+/// Decides, inside the store's write transaction, whether a row may go
+/// (given what still uses it) and which audit events record its removal.
+pub type RemoveFn<'a> = dyn FnMut(&TokenRecord, &RemovalContext) -> Result<Vec<AuditEvent>> + 'a;
+
+/// What the resolve path needs of a token: no more than one indexed read.
+#[derive(Debug)]
+pub struct SealedToken {
+    /// The token's internal id.
+    pub uid: TokenUid,
+    /// Kill switch.
+    pub disabled: bool,
+    /// Whether another token replaces this one.
+    pub replaced: bool,
+    /// The sealed value.
+    pub sealed: SealedValue,
+}
+
+/// A declared use of a token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindingRecord {
+    /// The consumer's stable id.
+    pub binding_id: BindingId,
+    /// The certificate identity the consumer resolves with, if declared.
+    pub caller_identity: Option<String>,
+    /// What the consumer uses the token for.
+    pub purpose: String,
+    /// When it was declared.
+    pub create_time: SystemTime,
+}
+
+/// What still refers to a token that is about to be removed.
+#[derive(Debug, Default)]
+pub struct RemovalContext {
+    /// Its bindings.
+    pub bindings: Vec<BindingRecord>,
+    /// Its stored usage, per caller.
+    pub usage: Vec<(String, UsageStats)>,
+}
+
+/// Which audit events to list.
+#[derive(Debug, Default)]
+pub struct AuditFilter {
+    /// Only this tenant's events; `None` for all.
+    pub tenant: Option<TenantId>,
+    /// Only events about this resource.
+    pub resource: Option<String>,
+    /// Only events by this actor.
+    pub actor: Option<String>,
+    /// Only this method.
+    pub method: Option<String>,
+    /// Only events at or after this time (µs since the epoch).
+    pub start_us: Option<i64>,
+    /// Only events before this time (µs since the epoch).
+    pub end_us: Option<i64>,
+}
 
 /// What the domain needs from persistence.
 pub trait TokenStore: Send + Sync + 'static {
@@ -28,19 +86,64 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Stores the keyring of a new database. Fails if one exists.
     fn init_keyring(&self, records: &KeyringRecords) -> Result<()>;
 
-    /// Inserts a new token; [`Error::AlreadyExists`](crate::Error::AlreadyExists)
-    /// if its id is taken. Returns the record with its sequence assigned.
-    fn insert(&self, record: TokenRecord, sealed: &SealedValue) -> Result<TokenRecord>;
-    /// A token's metadata.
+    /// Inserts a new token (and links it to the token it `replaces`).
+    /// `AlreadyExists` if its id is taken. Returns the stored record.
+    fn insert(
+        &self,
+        record: TokenRecord,
+        sealed: &SealedValue,
+        replaces: Option<&TokenId>,
+        events: &[AuditEvent],
+    ) -> Result<TokenRecord>;
+    /// A token's metadata, with its stored usage summary.
     fn get(&self, name: &TokenName) -> Result<Option<TokenRecord>>;
-    /// A token's metadata and sealed value.
-    fn get_sealed(&self, name: &TokenName) -> Result<Option<(TokenRecord, SealedValue)>>;
-    /// Up to `limit` tokens of `tenant` with a sequence above `after_seq`, in order.
-    fn list(&self, tenant: &TenantId, after_seq: i64, limit: usize) -> Result<Vec<TokenRecord>>;
+    /// What resolving a token needs.
+    fn get_sealed(&self, name: &TokenName) -> Result<Option<SealedToken>>;
+    /// Up to `limit` tokens of `tenant` with a sequence above `after_seq`, in
+    /// order; with `unused_since_us`, only those not resolved since then.
+    fn list(
+        &self,
+        tenant: &TenantId,
+        after_seq: i64,
+        limit: usize,
+        unused_since_us: Option<i64>,
+    ) -> Result<Vec<TokenRecord>>;
     /// Replaces a token's metadata with what `change` makes of it, atomically.
-    /// `NotFound` if absent; `AlreadyExists` if a new id is taken.
     fn update(&self, name: &TokenName, change: &mut UpdateFn<'_>) -> Result<TokenRecord>;
-    /// Deletes a token if `check` allows it, atomically, then erases it from
-    /// the write-ahead log.
-    fn delete(&self, name: &TokenName, check: &mut CheckFn<'_>) -> Result<()>;
+    /// Deletes a token (and its bindings and usage) if `decide` allows it,
+    /// atomically, then erases it from the write-ahead log.
+    fn delete(&self, name: &TokenName, decide: &mut RemoveFn<'_>) -> Result<()>;
+
+    /// Stored usage of a token, per caller.
+    fn usage(&self, uid: &TokenUid) -> Result<Vec<(String, UsageStats)>>;
+    /// Writes a batch of usage counters and queued audit events in one
+    /// transaction. Counters of tokens removed meanwhile are dropped.
+    fn flush(&self, batch: &UsageBatch, events: &[AuditEvent]) -> Result<()>;
+
+    /// Adds a binding to a token. `NotFound` / `AlreadyExists`.
+    fn create_binding(
+        &self,
+        token: &TokenName,
+        binding: &BindingRecord,
+        events: &[AuditEvent],
+    ) -> Result<()>;
+    /// A token's bindings, oldest first. `NotFound` if the token is absent.
+    fn list_bindings(&self, token: &TokenName) -> Result<Vec<BindingRecord>>;
+    /// Removes a binding. `NotFound` if absent.
+    fn delete_binding(
+        &self,
+        token: &TokenName,
+        binding_id: &BindingId,
+        events: &[AuditEvent],
+    ) -> Result<()>;
+    /// Whether a binding of token `uid` names `identity`.
+    fn has_binding_for(&self, uid: &TokenUid, identity: &str) -> Result<bool>;
+
+    /// Audit records after `after_seq` matching `filter`, in order.
+    fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>>;
 }

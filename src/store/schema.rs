@@ -28,4 +28,51 @@ pub const MIGRATIONS: &[&str] = &[
          UNIQUE (tenant, token_id)
      );
      CREATE INDEX tokens_by_tenant_seq ON tokens (tenant, seq);",
+    // 2: usage, bindings, replacement, kill switch, audit trail.
+    "ALTER TABLE tokens ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE tokens ADD COLUMN replaces_uid BLOB;
+     ALTER TABLE tokens ADD COLUMN replaced_by_uid BLOB;
+     CREATE TABLE token_usage (
+         token_uid          BLOB    NOT NULL REFERENCES tokens (uid) ON DELETE CASCADE,
+         identity           TEXT    NOT NULL,
+         first_resolve_us   INTEGER,
+         last_resolve_us    INTEGER,
+         resolve_count      INTEGER NOT NULL,
+         denied_count       INTEGER NOT NULL,
+         last_denied_us     INTEGER,
+         superseded_count   INTEGER NOT NULL,
+         last_superseded_us INTEGER,
+         PRIMARY KEY (token_uid, identity)
+     ) WITHOUT ROWID;
+     CREATE TABLE bindings (
+         token_uid       BLOB    NOT NULL REFERENCES tokens (uid) ON DELETE CASCADE,
+         binding_id      TEXT    NOT NULL,
+         caller_identity TEXT,
+         purpose         TEXT    NOT NULL,
+         create_us       INTEGER NOT NULL,
+         PRIMARY KEY (token_uid, binding_id)
+     ) WITHOUT ROWID;
+     CREATE TABLE audit (
+         seq       INTEGER PRIMARY KEY,
+         time_us   INTEGER NOT NULL,
+         actor     TEXT    NOT NULL,
+         peer      TEXT    NOT NULL,
+         method    TEXT    NOT NULL,
+         tenant    TEXT,
+         resource  TEXT    NOT NULL,
+         outcome   TEXT    NOT NULL,
+         reason    TEXT    NOT NULL,
+         prev_hash BLOB    NOT NULL,
+         hash      BLOB    NOT NULL
+     );
+     CREATE INDEX audit_by_tenant ON audit (tenant, seq);
+     CREATE TABLE audit_head (
+         id   INTEGER PRIMARY KEY CHECK (id = 1),
+         seq  INTEGER NOT NULL,
+         hash BLOB    NOT NULL
+     );
+     CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
 ];

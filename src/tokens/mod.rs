@@ -2,26 +2,31 @@
 //!
 //! No gRPC and no SQL in here. Handlers parse names with [`TokenName`] and
 //! [`TenantId`], authorize the caller, then call [`Tokens`]; [`Tokens`]
-//! enforces the rules (validation, uniqueness, etags, immutable values),
-//! seals and opens values through the [`Keyring`], and persists through a
-//! [`TokenStore`], always off the async executor.
+//! enforces the rules (validation, uniqueness, etags, immutable values,
+//! what blocks a removal), seals and opens values through the [`Keyring`],
+//! records usage in memory, and persists through a [`TokenStore`], always
+//! off the async executor. Every mutation carries its audit event into the
+//! store's transaction.
 
+mod activity;
 mod names;
 mod page;
+mod usage;
 
 use std::{
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use zeroize::Zeroizing;
-
-pub use names::{ID_RULE, TenantId, TokenId, TokenName};
+pub use activity::{Binding, ReplacementStatus};
+pub use names::{BindingId, BindingName, ID_RULE, TenantId, TokenId, TokenName};
 pub use page::PageCursor;
+pub use usage::{UsageBatch, UsageStats, UsageTracker};
 
 use crate::{
+    audit::{Actor, AuditQueue, Outcome, micros},
     crypto::{Keyring, TokenUid},
-    error::{Error, Result},
+    error::{Error, Result, Violation},
     store::TokenStore,
 };
 
@@ -47,10 +52,20 @@ pub struct TokenRecord {
     pub display_name: String,
     /// When the token was created.
     pub create_time: SystemTime,
-    /// When the id or display name last changed.
+    /// When the id, display name or state last changed.
     pub update_time: SystemTime,
     /// Bumped on every metadata change; the etag is derived from it.
     pub revision: i64,
+    /// Kill switch: a disabled token does not resolve.
+    pub disabled: bool,
+    /// The token (same tenant) this one replaces, while it exists.
+    pub replaces: Option<TokenId>,
+    /// The token (same tenant) that replaces this one, while it exists.
+    pub replaced_by: Option<TokenId>,
+    /// Last allowed resolve by any caller.
+    pub last_resolve: Option<SystemTime>,
+    /// Allowed resolves by all callers.
+    pub resolve_count: i64,
 }
 
 impl TokenRecord {
@@ -62,15 +77,33 @@ impl TokenRecord {
         let prefix = u32::from_be_bytes([uid[0], uid[1], uid[2], uid[3]]);
         format!("{prefix:08x}-{}", self.revision)
     }
+
+    /// Name of a sibling token of the same tenant.
+    fn sibling(&self, id: &TokenId) -> TokenName {
+        TokenName {
+            tenant: self.name.tenant.clone(),
+            token_id: id.clone(),
+        }
+    }
+
+    /// Name of the token this one replaces.
+    pub fn replaces_name(&self) -> Option<TokenName> {
+        self.replaces.as_ref().map(|id| self.sibling(id))
+    }
+
+    /// Name of the token that replaces this one.
+    pub fn replaced_by_name(&self) -> Option<TokenName> {
+        self.replaced_by.as_ref().map(|id| self.sibling(id))
+    }
 }
 
 /// One page of a listing.
 #[derive(Debug)]
-pub struct TokenPage {
-    /// Tokens in creation order.
-    pub tokens: Vec<TokenRecord>,
-    /// Where the next page starts, if there is one.
-    pub next: Option<PageCursor>,
+pub struct Page<T> {
+    /// The items, in order.
+    pub items: Vec<T>,
+    /// The next page's token, if there is one.
+    pub next_page_token: Option<String>,
 }
 
 /// A change requested by RenameToken.
@@ -85,12 +118,12 @@ pub struct Rename {
 }
 
 /// A token value in memory: zeroized on drop, never printed.
-pub struct SecretValue(Zeroizing<String>);
+pub struct SecretValue(zeroize::Zeroizing<String>);
 
 impl SecretValue {
     /// Takes ownership of `value` without copying it.
     pub fn new(value: String) -> Self {
-        Self(Zeroizing::new(value))
+        Self(zeroize::Zeroizing::new(value))
     }
 
     /// The value, for sealing or for the one response that carries it.
@@ -111,30 +144,85 @@ impl std::fmt::Debug for SecretValue {
     }
 }
 
+/// Tunables of the usage side of the domain.
+#[derive(Clone, Copy, Debug)]
+pub struct UsageSettings {
+    /// Record resolves in memory (off only to measure what tracking costs).
+    pub track: bool,
+    /// How far back a resolve counts as recent: it blocks RemoveToken and
+    /// keeps a replaced token from being ready to remove.
+    pub recent_window: Duration,
+}
+
+impl Default for UsageSettings {
+    fn default() -> Self {
+        Self {
+            track: true,
+            recent_window: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
 /// The token operations, over a store and an unsealed keyring.
 #[derive(Clone)]
 pub struct Tokens {
     store: Arc<dyn TokenStore>,
     keyring: Arc<Keyring>,
+    usage: Arc<UsageTracker>,
+    audit: Arc<AuditQueue>,
+    recent_window: Duration,
 }
 
 impl Tokens {
     /// Operations over `store`, sealing with `keyring`.
-    pub fn new(store: Arc<dyn TokenStore>, keyring: Arc<Keyring>) -> Self {
-        Self { store, keyring }
+    pub fn new(store: Arc<dyn TokenStore>, keyring: Arc<Keyring>, settings: UsageSettings) -> Self {
+        Self {
+            store,
+            keyring,
+            usage: Arc::new(UsageTracker::new(settings.track)),
+            audit: Arc::new(AuditQueue::default()),
+            recent_window: settings.recent_window,
+        }
     }
 
-    /// Validates, seals and stores a new token.
+    /// The queue for audit events that change nothing (decisions, reads);
+    /// written by [`Tokens::flush`].
+    pub fn audit_queue(&self) -> &AuditQueue {
+        &self.audit
+    }
+
+    /// The recent-use window.
+    pub fn recent_window(&self) -> Duration {
+        self.recent_window
+    }
+
+    /// Validates, seals and stores a new token, optionally as the
+    /// replacement of `replaces` (a token name of the same tenant).
     pub async fn create(
         &self,
+        actor: &Actor,
         tenant: TenantId,
         token_id: &str,
         display_name: &str,
         value: SecretValue,
+        replaces: &str,
     ) -> Result<TokenRecord> {
         let token_id = TokenId::new(token_id, "token_id")?;
         validate_display_name(display_name, "token.display_name")?;
         validate_value(&value)?;
+        let replaces = match replaces {
+            "" => None,
+            name => {
+                let old = TokenName::parse(name, "replaces")?;
+                if old.tenant != tenant {
+                    return Err(Error::invalid(
+                        "replaces",
+                        "must name a token of the same tenant",
+                    ));
+                }
+                Some(old.token_id)
+            }
+        };
         let now = now();
         let record = TokenRecord {
             uid: TokenUid::generate()?,
@@ -144,7 +232,22 @@ impl Tokens {
             create_time: now,
             update_time: now,
             revision: 1,
+            disabled: false,
+            replaces: None,
+            replaced_by: None,
+            last_resolve: None,
+            resolve_count: 0,
         };
+        let reason = match &replaces {
+            Some(old) => format!("created, replacing {}", record.sibling(old)),
+            None => "created".to_owned(),
+        };
+        let event = actor.event(
+            Some(record.name.tenant.as_str()),
+            record.name.to_string(),
+            Outcome::Allowed,
+            reason,
+        );
         let (store, keyring) = (self.store.clone(), self.keyring.clone());
         blocking(move || {
             let sealed = keyring.seal_value(
@@ -153,49 +256,72 @@ impl Tokens {
                 value.expose().as_bytes(),
             )?;
             drop(value);
-            store.insert(record, &sealed)
+            store.insert(record, &sealed, replaces.as_ref(), &[event])
         })
         .await
     }
 
-    /// A token's metadata.
+    /// A token's metadata, usage included (pending counters too).
     pub async fn get(&self, name: TokenName) -> Result<TokenRecord> {
         let store = self.store.clone();
-        blocking(move || store.get(&name)?.ok_or(Error::NotFound)).await
+        let record = blocking(move || store.get(&name)?.ok_or(Error::NotFound("token"))).await?;
+        Ok(self.with_pending_usage(record))
     }
 
-    /// One page of a tenant's tokens, in creation order.
+    /// One page of a tenant's tokens, in creation order; with `unused_for`,
+    /// only those not resolved within that long (or never).
     pub async fn list(
         &self,
         tenant: TenantId,
         page_size: i32,
         page_token: &str,
-    ) -> Result<TokenPage> {
-        let limit = match usize::try_from(page_size) {
-            Err(_) => return Err(Error::invalid("page_size", "must not be negative")),
-            Ok(0) => DEFAULT_PAGE_SIZE,
-            Ok(n) => n.min(MAX_PAGE_SIZE),
-        };
-        let after_seq = PageCursor::decode(page_token, &tenant)?.map_or(0, |c| c.after_seq);
+        unused_for: Option<Duration>,
+    ) -> Result<Page<TokenRecord>> {
+        let limit = page_limit(page_size)?;
+        let after_seq = PageCursor::decode(page_token, "tokens", tenant.as_str())?;
+        let cutoff_us = unused_for.map(|d| micros(SystemTime::now()) - d.as_micros() as i64);
         let store = self.store.clone();
-        blocking(move || {
-            let mut tokens = store.list(&tenant, after_seq, limit + 1)?;
-            let next = if tokens.len() > limit {
-                tokens.truncate(limit);
-                tokens.last().map(|last| PageCursor {
-                    tenant,
-                    after_seq: last.seq,
-                })
-            } else {
-                None
-            };
-            Ok(TokenPage { tokens, next })
+        let scope = tenant.to_string();
+        let (rows, more) = blocking(move || {
+            let mut rows = store.list(&tenant, after_seq, limit + 1, cutoff_us)?;
+            let more = rows.len() > limit;
+            rows.truncate(limit);
+            Ok((rows, more))
         })
-        .await
+        .await?;
+        let next_page_token = more
+            .then(|| {
+                rows.last().map(|last| {
+                    PageCursor {
+                        kind: "tokens",
+                        scope,
+                        after_seq: last.seq,
+                    }
+                    .encode()
+                })
+            })
+            .flatten();
+        let items = rows
+            .into_iter()
+            .map(|record| self.with_pending_usage(record))
+            .filter(|record| match cutoff_us {
+                Some(cutoff) => record.last_resolve.is_none_or(|t| micros(t) < cutoff),
+                None => true,
+            })
+            .collect();
+        Ok(Page {
+            items,
+            next_page_token,
+        })
     }
 
     /// Changes a token's display name and/or id, optionally only at `etag`.
-    pub async fn rename(&self, name: TokenName, change: Rename) -> Result<TokenRecord> {
+    pub async fn rename(
+        &self,
+        actor: &Actor,
+        name: TokenName,
+        change: Rename,
+    ) -> Result<TokenRecord> {
         if change.display_name.is_none() && change.new_token_id.is_none() {
             return Err(Error::invalid(
                 "display_name",
@@ -210,49 +336,219 @@ impl Tokens {
             .as_deref()
             .map(|id| TokenId::new(id, "new_token_id"))
             .transpose()?;
+        let actor = actor.clone();
         let store = self.store.clone();
-        blocking(move || {
+        let record = blocking(move || {
             store.update(&name, &mut |current| {
                 check_etag(current, change.etag.as_deref())?;
                 let mut updated = current.clone();
+                let mut reasons = Vec::new();
                 if let Some(display_name) = &change.display_name {
                     updated.display_name.clone_from(display_name);
+                    reasons.push("display name changed".to_owned());
                 }
                 if let Some(token_id) = &new_token_id {
                     updated.name.token_id = token_id.clone();
+                    reasons.push(format!("renamed to {}", updated.name));
                 }
                 updated.update_time = now();
                 updated.revision += 1;
-                Ok(updated)
+                let event = actor.event(
+                    Some(current.name.tenant.as_str()),
+                    current.name.to_string(),
+                    Outcome::Allowed,
+                    reasons.join("; "),
+                );
+                Ok((updated, vec![event]))
+            })
+        })
+        .await?;
+        Ok(self.with_pending_usage(record))
+    }
+
+    /// Turns the kill switch on (`disabled`) or off.
+    pub async fn set_disabled(
+        &self,
+        actor: &Actor,
+        name: TokenName,
+        disabled: bool,
+        etag: Option<String>,
+    ) -> Result<TokenRecord> {
+        let actor = actor.clone();
+        let store = self.store.clone();
+        let record = blocking(move || {
+            store.update(&name, &mut |current| {
+                check_etag(current, etag.as_deref())?;
+                let mut updated = current.clone();
+                if updated.disabled != disabled {
+                    updated.disabled = disabled;
+                    updated.update_time = now();
+                    updated.revision += 1;
+                }
+                let reason = if disabled { "disabled" } else { "enabled" };
+                let event = actor.event(
+                    Some(current.name.tenant.as_str()),
+                    current.name.to_string(),
+                    Outcome::Allowed,
+                    reason,
+                );
+                Ok((updated, vec![event]))
+            })
+        })
+        .await?;
+        Ok(self.with_pending_usage(record))
+    }
+
+    /// Removes a token and its sealed value, optionally only at `etag`.
+    /// Refused while bindings name it or callers resolved it within the
+    /// recent window, unless `force`; forced, its bindings go too, each one
+    /// audited.
+    pub async fn remove(
+        &self,
+        actor: &Actor,
+        name: TokenName,
+        etag: Option<String>,
+        force: bool,
+    ) -> Result<()> {
+        let actor = actor.clone();
+        let (store, usage) = (self.store.clone(), self.usage.clone());
+        let cutoff_us = micros(SystemTime::now()) - self.recent_window.as_micros() as i64;
+        blocking(move || {
+            store.delete(&name, &mut |current, context| {
+                check_etag(current, etag.as_deref())?;
+                let callers = activity::merged_usage(&context.usage, usage.pending(&current.uid));
+                let mut blockers: Vec<Violation> = context
+                    .bindings
+                    .iter()
+                    .map(|b| Violation {
+                        kind: "BINDING",
+                        subject: BindingName { token: current.name.clone(), binding_id: b.binding_id.clone() }.to_string(),
+                        description: format!("declared use: {}", b.purpose),
+                    })
+                    .collect();
+                blockers.extend(callers.iter().filter(|(_, s)| s.last_resolve_us.is_some_and(|t| t >= cutoff_us)).map(
+                    |(identity, s)| Violation {
+                        kind: "RECENT_CALLER",
+                        subject: identity.clone(),
+                        description: format!(
+                            "resolved the token {} s ago",
+                            (micros(SystemTime::now()) - s.last_resolve_us.unwrap_or_default()) / 1_000_000
+                        ),
+                    },
+                ));
+                if !blockers.is_empty() && !force {
+                    return Err(Error::FailedPrecondition {
+                        reason: "TOKEN_IN_USE",
+                        message: "the token is still in use (see the violations): move its users to another \
+                                  token and delete its bindings, or remove it with force",
+                        violations: blockers,
+                    });
+                }
+                let tenant = Some(current.name.tenant.as_str());
+                let reason = if blockers.is_empty() {
+                    "removed".to_owned()
+                } else {
+                    format!("removed with force despite {} blocker(s)", blockers.len())
+                };
+                let mut events = vec![actor.event(tenant, current.name.to_string(), Outcome::Allowed, reason)];
+                events.extend(context.bindings.iter().map(|b| {
+                    let binding = BindingName { token: current.name.clone(), binding_id: b.binding_id.clone() };
+                    actor.event(tenant, binding.to_string(), Outcome::Allowed, "binding deleted by forced removal")
+                }));
+                Ok(events)
             })
         })
         .await
     }
 
-    /// Removes a token and its sealed value, optionally only at `etag`.
-    pub async fn remove(&self, name: TokenName, etag: Option<String>) -> Result<()> {
-        let store = self.store.clone();
-        blocking(move || store.delete(&name, &mut |current| check_etag(current, etag.as_deref())))
-            .await
-    }
-
-    /// Opens a token's value. The caller has been authorized already.
-    pub async fn resolve(&self, name: TokenName) -> Result<SecretValue> {
-        let (store, keyring) = (self.store.clone(), self.keyring.clone());
+    /// Opens a token's value for `caller`, whom the policy has allowed; with
+    /// `require_binding` (bindings-only mode) a binding must also name the
+    /// caller, and a token that does not exist is refused the same way.
+    pub async fn resolve(
+        &self,
+        name: TokenName,
+        caller: &str,
+        require_binding: bool,
+    ) -> Result<SecretValue> {
+        let (store, keyring, usage) =
+            (self.store.clone(), self.keyring.clone(), self.usage.clone());
+        let caller = caller.to_owned();
         blocking(move || {
-            let (record, sealed) = store.get_sealed(&name)?.ok_or(Error::NotFound)?;
-            let mut plain =
-                keyring.open_value(record.name.tenant.as_str(), &record.uid, &sealed)?;
+            let now_us = micros(SystemTime::now());
+            let token = match store.get_sealed(&name)? {
+                Some(token) => token,
+                None if require_binding => return Err(Error::PermissionDenied),
+                None => return Err(Error::NotFound("token")),
+            };
+            if require_binding && !store.has_binding_for(&token.uid, &caller)? {
+                usage.denied(&token.uid, &caller, now_us);
+                return Err(Error::PermissionDenied);
+            }
+            if token.disabled {
+                usage.denied(&token.uid, &caller, now_us);
+                return Err(Error::FailedPrecondition {
+                    reason: "TOKEN_DISABLED",
+                    message: "the token is disabled; an admin can enable it again",
+                    violations: Vec::new(),
+                });
+            }
+            let mut plain = keyring.open_value(name.tenant.as_str(), &token.uid, &token.sealed)?;
             // Values are stored as UTF-8 text; `from_utf8` takes the buffer
             // without copying it, and SecretValue zeroizes it from here on.
             let text = String::from_utf8(std::mem::take(&mut *plain)).map_err(|e| {
-                let mut bytes = e.into_bytes();
-                zeroize::Zeroize::zeroize(&mut bytes);
+                zeroize::Zeroize::zeroize(&mut e.into_bytes());
                 Error::DataLoss
             })?;
+            usage.resolved(&token.uid, &caller, now_us, token.replaced);
             Ok(SecretValue::new(text))
         })
         .await
+    }
+
+    /// Records a resolve refused before any lookup (policy said no).
+    pub fn record_denied_resolve(&self, name: &TokenName, caller: &str) {
+        self.usage
+            .denied_by_name(name, caller, micros(SystemTime::now()));
+    }
+
+    /// Writes pending usage counters and queued audit events in one batch.
+    /// On failure everything stays queued for the next attempt.
+    pub async fn flush(&self) -> Result<()> {
+        let batch = self.usage.drain();
+        let events = self.audit.drain();
+        if batch.is_empty() && events.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let (result, batch, events) = tokio::task::spawn_blocking(move || {
+            let result = store.flush(&batch, &events);
+            (result, batch, events)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("flush task failed: {e}")))?;
+        if result.is_err() {
+            self.usage.restore(batch);
+            self.audit.requeue(events);
+        }
+        result
+    }
+
+    fn with_pending_usage(&self, mut record: TokenRecord) -> TokenRecord {
+        for (_, stats) in self.usage.pending(&record.uid) {
+            record.resolve_count += stats.resolve_count;
+            if let Some(last) = stats.last_resolve_us.map(from_micros) {
+                record.last_resolve = record.last_resolve.max(Some(last));
+            }
+        }
+        record
+    }
+}
+
+fn page_limit(page_size: i32) -> Result<usize> {
+    match usize::try_from(page_size) {
+        Err(_) => Err(Error::invalid("page_size", "must not be negative")),
+        Ok(0) => Ok(DEFAULT_PAGE_SIZE),
+        Ok(n) => Ok(n.min(MAX_PAGE_SIZE)),
     }
 }
 
@@ -282,10 +578,11 @@ fn validate_value(value: &SecretValue) -> Result<()> {
 /// The current time, truncated to whole microseconds so that it survives the
 /// store's round trip unchanged.
 fn now() -> SystemTime {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    UNIX_EPOCH + Duration::from_micros(since_epoch.as_micros() as u64)
+    from_micros(micros(SystemTime::now()))
+}
+
+fn from_micros(us: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(us.max(0) as u64)
 }
 
 /// Runs store and crypto work on the blocking pool, never on the executor.

@@ -85,6 +85,58 @@ impl fmt::Display for TokenId {
     }
 }
 
+/// A binding id: the stable id of a consumer of a token.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BindingId(String);
+
+impl BindingId {
+    /// Validates a binding id given in request field `field`.
+    pub fn new(id: &str, field: &'static str) -> Result<Self> {
+        if is_valid_id(id) {
+            Ok(Self(id.to_owned()))
+        } else {
+            Err(Error::invalid(field, ID_RULE))
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A binding's resource name: `tenants/{tenant}/tokens/{token_id}/bindings/{binding_id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BindingName {
+    /// The token the binding is on.
+    pub token: TokenName,
+    /// The binding's id.
+    pub binding_id: BindingId,
+}
+
+impl BindingName {
+    /// Parses a binding name from request field `field`.
+    pub fn parse(name: &str, field: &'static str) -> Result<Self> {
+        let invalid = || {
+            Error::invalid(
+                field,
+                "must be tenants/{tenant}/tokens/{token_id}/bindings/{binding_id} with ids matching [a-z][a-z0-9-]{0,62}",
+            )
+        };
+        let (token, binding_id) = name.rsplit_once("/bindings/").ok_or_else(invalid)?;
+        Ok(Self {
+            token: TokenName::parse(token, field).map_err(|_| invalid())?,
+            binding_id: BindingId::new(binding_id, field).map_err(|_| invalid())?,
+        })
+    }
+}
+
+impl fmt::Display for BindingName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/bindings/{}", self.token, self.binding_id.0)
+    }
+}
+
 /// A token's resource name: `tenants/{tenant}/tokens/{token_id}`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TokenName {

@@ -100,6 +100,7 @@ async fn create_get_list_rename_remove_resolve_round_trip() {
         .remove_token(RemoveTokenRequest {
             name: renamed.name.clone(),
             etag: Some(created.etag.clone()),
+            ..Default::default()
         })
         .await
         .expect_err("stale etag");
@@ -111,13 +112,23 @@ async fn create_get_list_rename_remove_resolve_round_trip() {
         .await
         .expect("still there");
 
+    let blocked = admin
+        .remove_token(RemoveTokenRequest {
+            name: renamed.name.clone(),
+            etag: Some(renamed.etag.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("just resolved: still in use");
+    assert_status(&blocked, Code::FailedPrecondition, None);
     admin
         .remove_token(RemoveTokenRequest {
             name: renamed.name.clone(),
             etag: Some(renamed.etag.clone()),
+            force: true,
         })
         .await
-        .expect("remove");
+        .expect("forced remove");
     for status in [
         admin
             .get_token(GetTokenRequest {
@@ -135,6 +146,7 @@ async fn create_get_list_rename_remove_resolve_round_trip() {
             .remove_token(RemoveTokenRequest {
                 name: renamed.name.clone(),
                 etag: None,
+                ..Default::default()
             })
             .await
             .expect_err("gone"),
@@ -237,6 +249,7 @@ async fn pagination_over_2500_tokens_returns_each_exactly_once() {
                 parent: "tenants/acme".into(),
                 page_size: 100,
                 page_token: page_token.clone(),
+                ..Default::default()
             })
             .await
             .expect("list page")

@@ -71,7 +71,37 @@ fn start_dev(dir: &std::path::Path) -> Dev {
     }
 }
 
-async fn channel(dir: &std::path::Path, addr: SocketAddr, who: &str) -> Channel {
+/// A channel to the dev server; if it cannot connect, stops the server and
+/// fails with what the server logged about it.
+async fn channel(
+    dev: &mut Option<Dev>,
+    dir: &std::path::Path,
+    addr: SocketAddr,
+    who: &str,
+) -> Channel {
+    match try_channel(dir, addr, who).await {
+        Ok(channel) => channel,
+        Err(e) => {
+            let mut dev = dev.take().expect("dev server");
+            let _ = dev.child.kill();
+            let logs = dev.stderr.join().unwrap_or_default();
+            let relevant: Vec<&str> = logs
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("handshake"))
+                .collect();
+            panic!(
+                "connect to {addr} as {who}: {e:?}\nserver said:\n{}",
+                relevant.join("\n")
+            );
+        }
+    }
+}
+
+async fn try_channel(
+    dir: &std::path::Path,
+    addr: SocketAddr,
+    who: &str,
+) -> Result<Channel, tonic::transport::Error> {
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("read");
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read("ca.pem")))
@@ -82,11 +112,9 @@ async fn channel(dir: &std::path::Path, addr: SocketAddr, who: &str) -> Channel 
         .domain_name("localhost");
     Channel::from_shared(format!("https://{addr}"))
         .expect("uri")
-        .tls_config(tls)
-        .expect("tls")
+        .tls_config(tls)?
         .connect()
         .await
-        .expect("connect")
 }
 
 /// Sends SIGTERM and waits (bounded) for a clean exit; returns stderr.
@@ -115,7 +143,8 @@ async fn stop(mut dev: Dev) -> String {
 #[tokio::test]
 async fn dev_serves_reuses_its_folder_and_never_logs_a_value() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let dev = start_dev(dir.path());
+    let mut dev = Some(start_dev(dir.path()));
+    let (admin_addr, internal_addr) = dev.as_ref().map(|d| (d.admin, d.internal)).expect("dev");
     let master_key = std::fs::read(dir.path().join("master.key")).expect("master key written");
     for file in [
         "ca.pem",
@@ -135,8 +164,9 @@ async fn dev_serves_reuses_its_folder_and_never_logs_a_value() {
     let canaries: Vec<String> = (0..50)
         .map(|i| format!("sk-logcanary-{i:03}-c0ffee"))
         .collect();
-    let mut admin = TokenAdminClient::new(channel(dir.path(), dev.admin, "admin").await);
-    let mut resolver = TokenResolverClient::new(channel(dir.path(), dev.internal, "agent").await);
+    let mut admin = TokenAdminClient::new(channel(&mut dev, dir.path(), admin_addr, "admin").await);
+    let mut resolver =
+        TokenResolverClient::new(channel(&mut dev, dir.path(), internal_addr, "agent").await);
     for (i, value) in canaries.iter().enumerate() {
         admin
             .create_token(create_request("acme", &format!("t{i}"), value))
@@ -166,7 +196,8 @@ async fn dev_serves_reuses_its_folder_and_never_logs_a_value() {
         .await
         .expect_err("no display name");
     // A denied resolve (admin identity on the internal listener).
-    let mut denied = TokenResolverClient::new(channel(dir.path(), dev.internal, "admin").await);
+    let mut denied =
+        TokenResolverClient::new(channel(&mut dev, dir.path(), internal_addr, "admin").await);
     denied
         .resolve_token(ResolveTokenRequest {
             name: "tenants/acme/tokens/t3".into(),
@@ -175,7 +206,7 @@ async fn dev_serves_reuses_its_folder_and_never_logs_a_value() {
         .expect_err("denied");
     drop((admin, resolver, denied));
 
-    let logs = stop(dev).await;
+    let logs = stop(dev.take().expect("dev server")).await;
     assert!(logs.contains("TRACE"), "trace logging was not on");
     assert!(logs.contains("resolve denied"), "the denial was not logged");
     for value in &canaries {
@@ -192,12 +223,14 @@ async fn dev_serves_reuses_its_folder_and_never_logs_a_value() {
     }
 
     // A second run reuses the folder: same master key, tokens still there.
-    let dev = start_dev(dir.path());
+    let mut dev = Some(start_dev(dir.path()));
+    let internal_addr = dev.as_ref().expect("dev").internal;
     assert_eq!(
         std::fs::read(dir.path().join("master.key")).expect("key"),
         master_key
     );
-    let mut resolver = TokenResolverClient::new(channel(dir.path(), dev.internal, "agent").await);
+    let mut resolver =
+        TokenResolverClient::new(channel(&mut dev, dir.path(), internal_addr, "agent").await);
     let got = resolver
         .resolve_token(ResolveTokenRequest {
             name: "tenants/acme/tokens/t7".into(),
@@ -206,5 +239,5 @@ async fn dev_serves_reuses_its_folder_and_never_logs_a_value() {
         .expect("resolve after restart");
     assert_eq!(got.get_ref().value, canaries[7]);
     drop(resolver);
-    stop(dev).await;
+    stop(dev.take().expect("dev server")).await;
 }

@@ -243,6 +243,7 @@ pub fn create_request(tenant: &str, token_id: &str, value: &str) -> CreateTokenR
             ..Default::default()
         }),
         value: value.to_owned(),
+        replaces: String::new(),
     }
 }
 

@@ -3,8 +3,10 @@
 //! One test binary with modules (it builds much faster than many binaries).
 
 mod admin;
+mod audit;
 mod binary;
 mod common;
+mod lifecycle;
 mod mtls;
 mod store;
 mod validation;

@@ -52,7 +52,7 @@ async fn plaintext_values_never_reach_the_database_or_its_wal() {
         admin
             .remove_token(RemoveTokenRequest {
                 name: format!("tenants/acme/tokens/t{i}"),
-                etag: None,
+                ..Default::default()
             })
             .await
             .expect("remove");

@@ -239,6 +239,7 @@ async fn rename_remove_get_list_resolve_reject_bad_input() {
         .remove_token(RemoveTokenRequest {
             name: "tenants/acme/one".into(),
             etag: None,
+            ..Default::default()
         })
         .await
         .expect_err("bad name");
@@ -247,6 +248,7 @@ async fn rename_remove_get_list_resolve_reject_bad_input() {
         .remove_token(RemoveTokenRequest {
             name: token.name.clone(),
             etag: Some("bogus".into()),
+            ..Default::default()
         })
         .await
         .expect_err("bad etag");

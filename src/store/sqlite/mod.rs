@@ -10,17 +10,27 @@ use std::{
         atomic::{AtomicUsize, Ordering},
     },
     thread,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 
-use super::{CheckFn, TokenStore, UpdateFn, schema::MIGRATIONS};
+pub use audit::{AuditVerdict, verify_audit_file};
+
+use super::{
+    AuditFilter, BindingRecord, RemovalContext, RemoveFn, SealedToken, TokenStore, UpdateFn,
+    schema::MIGRATIONS,
+};
 use crate::{
+    audit::{AuditEvent, AuditRecord, JsonlSink},
     crypto::{KeyringRecords, SealedValue, TokenUid},
     error::{Error, Result},
-    tokens::{TenantId, TokenId, TokenName, TokenRecord},
+    tokens::{BindingId, TenantId, TokenId, TokenName, TokenRecord, UsageBatch, UsageStats},
 };
+
+mod activity;
+mod audit;
+mod tokens;
 
 /// Reader connections in the pool.
 const READERS: usize = 4;
@@ -31,12 +41,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const CHECKPOINT_TRIES: u32 = 100;
 const CHECKPOINT_PAUSE: Duration = Duration::from_millis(5);
 
-const TOKEN_COLUMNS: &str =
-    "seq, uid, tenant, token_id, display_name, create_us, update_us, revision";
-
 /// SQLite-backed [`TokenStore`].
 pub struct SqliteStore {
     path: PathBuf,
+    audit_mirror: Option<JsonlSink>,
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
@@ -75,10 +83,17 @@ impl SqliteStore {
             .collect::<Result<_>>()?;
         Ok(Self {
             path: path.to_owned(),
+            audit_mirror: None,
             writer: Mutex::new(writer),
             readers,
             next_reader: AtomicUsize::new(0),
         })
+    }
+
+    /// Mirrors every committed audit record to a JSON-lines file.
+    pub fn with_audit_mirror(mut self, sink: JsonlSink) -> Self {
+        self.audit_mirror = Some(sink);
+        self
     }
 
     /// Where the database lives.
@@ -106,10 +121,30 @@ impl SqliteStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Runs `work` in one write transaction, appends the audit events it
+    /// returns in that same transaction (so a change that cannot be audited
+    /// does not happen), commits, then mirrors the events to the JSON sink.
+    fn write<T>(
+        &self,
+        work: impl FnOnce(&Transaction<'_>) -> Result<(T, Vec<AuditEvent>)>,
+    ) -> Result<T> {
+        let mut conn = self.writer();
+        let tx = conn.transaction()?;
+        let (value, events) = work(&tx)?;
+        let records = audit::append(&tx, &events)?;
+        tx.commit()?;
+        drop(conn);
+        if let Some(mirror) = &self.audit_mirror {
+            mirror.write(&records);
+        }
+        Ok(value)
+    }
+
     /// Resets the write-ahead log so deleted pages do not linger in it.
     /// TRUNCATE returns busy while a reader holds a snapshot: retry, and say
     /// so in the log if it never succeeds (the next removal tries again).
-    fn truncate_wal(conn: &Connection) -> Result<()> {
+    fn truncate_wal(&self) -> Result<()> {
+        let conn = self.writer();
         for _ in 0..CHECKPOINT_TRIES {
             let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
             if busy == 0 {
@@ -150,171 +185,122 @@ impl TokenStore for SqliteStore {
     }
 
     fn init_keyring(&self, records: &KeyringRecords) -> Result<()> {
-        let mut conn = self.writer();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO keyring (id, deployment_id, key_check, current_version) VALUES (1, ?1, ?2, ?3)",
-            params![records.deployment_id, records.key_check, records.current_version],
-        )?;
-        for (version, sealed) in &records.sealed_keks {
+        self.write(|tx| {
             tx.execute(
-                "INSERT INTO keks (version, sealed) VALUES (?1, ?2)",
-                params![version, sealed],
+                "INSERT INTO keyring (id, deployment_id, key_check, current_version) VALUES (1, ?1, ?2, ?3)",
+                params![records.deployment_id, records.key_check, records.current_version],
             )?;
-        }
-        tx.commit()?;
-        Ok(())
+            for (version, sealed) in &records.sealed_keks {
+                tx.execute("INSERT INTO keks (version, sealed) VALUES (?1, ?2)", params![version, sealed])?;
+            }
+            Ok(((), Vec::new()))
+        })
     }
 
-    fn insert(&self, mut record: TokenRecord, sealed: &SealedValue) -> Result<TokenRecord> {
-        let conn = self.writer();
-        conn.prepare_cached(
-            "INSERT INTO tokens (uid, tenant, token_id, display_name, create_us, update_us,
-                                 revision, kek_version, wrapped_data_key, value_ciphertext)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?
-        .execute(params![
-            record.uid.as_bytes(),
-            record.name.tenant.as_str(),
-            record.name.token_id.as_str(),
-            record.display_name,
-            micros(record.create_time),
-            micros(record.update_time),
-            record.revision,
-            sealed.kek_version,
-            sealed.wrapped_data_key,
-            sealed.value_ciphertext,
-        ])
-        .map_err(unique_to_already_exists)?;
-        record.seq = conn.last_insert_rowid();
-        Ok(record)
+    fn insert(
+        &self,
+        mut record: TokenRecord,
+        sealed: &SealedValue,
+        replaces: Option<&TokenId>,
+        events: &[AuditEvent],
+    ) -> Result<TokenRecord> {
+        self.write(|tx| {
+            record.seq = tokens::insert(tx, &record, sealed, replaces)?;
+            Ok((tokens::get_for_write(tx, &record.name)?, events.to_vec()))
+        })
     }
 
     fn get(&self, name: &TokenName) -> Result<Option<TokenRecord>> {
-        let conn = self.reader();
-        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE tenant = ?1 AND token_id = ?2");
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let record = stmt
-            .query_row(
-                params![name.tenant.as_str(), name.token_id.as_str()],
-                token_from_row,
-            )
-            .optional()?;
-        record.transpose()
+        tokens::get(&self.reader(), name)
     }
 
-    fn get_sealed(&self, name: &TokenName) -> Result<Option<(TokenRecord, SealedValue)>> {
-        let conn = self.reader();
-        let sql = format!(
-            "SELECT {TOKEN_COLUMNS}, kek_version, wrapped_data_key, value_ciphertext
-             FROM tokens WHERE tenant = ?1 AND token_id = ?2"
-        );
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let row = stmt
-            .query_row(params![name.tenant.as_str(), name.token_id.as_str()], |r| {
-                let sealed = SealedValue {
-                    kek_version: r.get(8)?,
-                    wrapped_data_key: r.get(9)?,
-                    value_ciphertext: r.get(10)?,
-                };
-                Ok(token_from_row(r)?.map(|record| (record, sealed)))
-            })
-            .optional()?;
-        row.transpose()
+    fn get_sealed(&self, name: &TokenName) -> Result<Option<SealedToken>> {
+        tokens::get_sealed(&self.reader(), name)
     }
 
-    fn list(&self, tenant: &TenantId, after_seq: i64, limit: usize) -> Result<Vec<TokenRecord>> {
-        let conn = self.reader();
-        let sql = format!(
-            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE tenant = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
-        );
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(
-            params![tenant.as_str(), after_seq, limit as i64],
-            token_from_row,
-        )?;
-        rows.map(|row| row?).collect()
+    fn list(
+        &self,
+        tenant: &TenantId,
+        after_seq: i64,
+        limit: usize,
+        unused_since_us: Option<i64>,
+    ) -> Result<Vec<TokenRecord>> {
+        tokens::list(&self.reader(), tenant, after_seq, limit, unused_since_us)
     }
 
     fn update(&self, name: &TokenName, change: &mut UpdateFn<'_>) -> Result<TokenRecord> {
-        let mut conn = self.writer();
-        let tx = conn.transaction()?;
-        let current = select_for_write(&tx, name)?;
-        let updated = change(&current)?;
-        tx.execute(
-            "UPDATE tokens SET token_id = ?2, display_name = ?3, update_us = ?4, revision = ?5
-             WHERE seq = ?1",
-            params![
-                current.seq,
-                updated.name.token_id.as_str(),
-                updated.display_name,
-                micros(updated.update_time),
-                updated.revision,
-            ],
-        )
-        .map_err(unique_to_already_exists)?;
-        tx.commit()?;
-        Ok(updated)
-    }
-
-    fn delete(&self, name: &TokenName, check: &mut CheckFn<'_>) -> Result<()> {
-        let mut conn = self.writer();
-        let tx = conn.transaction()?;
-        let current = select_for_write(&tx, name)?;
-        check(&current)?;
-        tx.execute("DELETE FROM tokens WHERE seq = ?1", params![current.seq])?;
-        tx.commit()?;
-        Self::truncate_wal(&conn)
-    }
-}
-
-fn select_for_write(tx: &Transaction<'_>, name: &TokenName) -> Result<TokenRecord> {
-    let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE tenant = ?1 AND token_id = ?2");
-    tx.query_row(
-        &sql,
-        params![name.tenant.as_str(), name.token_id.as_str()],
-        token_from_row,
-    )
-    .optional()?
-    .ok_or(Error::NotFound)?
-}
-
-/// Reads the metadata columns; a row that violates the domain's rules (it
-/// was edited behind our back) is data loss, not a panic.
-fn token_from_row(r: &Row<'_>) -> rusqlite::Result<Result<TokenRecord>> {
-    let uid: Vec<u8> = r.get(1)?;
-    let tenant: String = r.get(2)?;
-    let token_id: String = r.get(3)?;
-    let record = (|| {
-        Ok(TokenRecord {
-            seq: r.get(0)?,
-            uid: TokenUid::from_slice(&uid).ok_or(Error::DataLoss)?,
-            name: TokenName {
-                tenant: TenantId::new(&tenant, "tenant").map_err(|_| Error::DataLoss)?,
-                token_id: TokenId::new(&token_id, "token_id").map_err(|_| Error::DataLoss)?,
-            },
-            display_name: r.get(4)?,
-            create_time: from_micros(r.get(5)?),
-            update_time: from_micros(r.get(6)?),
-            revision: r.get(7)?,
+        self.write(|tx| {
+            let current = tokens::get_for_write(tx, name)?;
+            let (updated, events) = change(&current)?;
+            tokens::update(tx, &current, &updated)?;
+            Ok((tokens::get_for_write(tx, &updated.name)?, events))
         })
-    })();
-    Ok(record)
-}
+    }
 
-fn micros(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
+    fn delete(&self, name: &TokenName, decide: &mut RemoveFn<'_>) -> Result<()> {
+        self.write(|tx| {
+            let current = tokens::get_for_write(tx, name)?;
+            let context = RemovalContext {
+                bindings: activity::bindings_of(tx, current.uid.as_bytes())?,
+                usage: activity::usage(tx, &current.uid)?,
+            };
+            let events = decide(&current, &context)?;
+            tokens::delete(tx, &current)?;
+            Ok(((), events))
+        })?;
+        self.truncate_wal()
+    }
 
-fn from_micros(us: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_micros(us.max(0) as u64)
-}
+    fn usage(&self, uid: &TokenUid) -> Result<Vec<(String, UsageStats)>> {
+        activity::usage(&self.reader(), uid)
+    }
 
-fn unique_to_already_exists(e: rusqlite::Error) -> Error {
-    match e.sqlite_error_code() {
-        Some(ErrorCode::ConstraintViolation) => Error::AlreadyExists,
-        _ => e.into(),
+    fn flush(&self, batch: &UsageBatch, events: &[AuditEvent]) -> Result<()> {
+        self.write(|tx| {
+            activity::add_usage(tx, batch)?;
+            Ok(((), events.to_vec()))
+        })
+    }
+
+    fn create_binding(
+        &self,
+        token: &TokenName,
+        binding: &BindingRecord,
+        events: &[AuditEvent],
+    ) -> Result<()> {
+        self.write(|tx| {
+            activity::create_binding(tx, token, binding)?;
+            Ok(((), events.to_vec()))
+        })
+    }
+
+    fn list_bindings(&self, token: &TokenName) -> Result<Vec<BindingRecord>> {
+        activity::list_bindings(&self.reader(), token)
+    }
+
+    fn delete_binding(
+        &self,
+        token: &TokenName,
+        binding_id: &BindingId,
+        events: &[AuditEvent],
+    ) -> Result<()> {
+        self.write(|tx| {
+            activity::delete_binding(tx, token, binding_id)?;
+            Ok(((), events.to_vec()))
+        })
+    }
+
+    fn has_binding_for(&self, uid: &TokenUid, identity: &str) -> Result<bool> {
+        activity::has_binding_for(&self.reader(), uid, identity)
+    }
+
+    fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>> {
+        audit::list(&self.reader(), filter, after_seq, limit)
     }
 }
 

@@ -1,0 +1,173 @@
+//! Usage counters and bindings.
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+
+use super::tokens::{from_micros, micros, unique_violation};
+use crate::{
+    crypto::TokenUid,
+    error::{Error, Result},
+    store::BindingRecord,
+    tokens::{BindingId, TokenName, UsageBatch, UsageStats},
+};
+
+pub(super) fn usage(conn: &Connection, uid: &TokenUid) -> Result<Vec<(String, UsageStats)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT identity, first_resolve_us, last_resolve_us, resolve_count, denied_count,
+                last_denied_us, superseded_count, last_superseded_us
+         FROM token_usage WHERE token_uid = ?1",
+    )?;
+    let rows = stmt.query_map(params![uid.as_bytes()], |r| {
+        Ok((r.get(0)?, stats_from_row(r)?))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn stats_from_row(r: &Row<'_>) -> rusqlite::Result<UsageStats> {
+    Ok(UsageStats {
+        first_resolve_us: r.get(1)?,
+        last_resolve_us: r.get(2)?,
+        resolve_count: r.get(3)?,
+        denied_count: r.get(4)?,
+        last_denied_us: r.get(5)?,
+        superseded_count: r.get(6)?,
+        last_superseded_us: r.get(7)?,
+    })
+}
+
+/// Adds a batch of counters to the stored ones.
+pub(super) fn add_usage(tx: &Transaction<'_>, batch: &UsageBatch) -> Result<()> {
+    let mut uid_of =
+        tx.prepare_cached("SELECT uid FROM tokens WHERE tenant = ?1 AND token_id = ?2")?;
+    let mut by_name = Vec::with_capacity(batch.by_name.len());
+    for (name, identity, stats) in &batch.by_name {
+        let uid: Option<Vec<u8>> = uid_of
+            .query_row(params![name.tenant.as_str(), name.token_id.as_str()], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(uid) = uid.as_deref().and_then(TokenUid::from_slice) {
+            by_name.push((uid, identity, stats));
+        }
+    }
+    let mut current = tx.prepare_cached(
+        "SELECT identity, first_resolve_us, last_resolve_us, resolve_count, denied_count,
+                last_denied_us, superseded_count, last_superseded_us
+         FROM token_usage WHERE token_uid = ?1 AND identity = ?2",
+    )?;
+    let mut exists = tx.prepare_cached("SELECT 1 FROM tokens WHERE uid = ?1")?;
+    let mut write = tx.prepare_cached(
+        "INSERT OR REPLACE INTO token_usage (token_uid, identity, first_resolve_us, last_resolve_us,
+             resolve_count, denied_count, last_denied_us, superseded_count, last_superseded_us)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    let all = batch
+        .by_uid
+        .iter()
+        .map(|(uid, id, s)| (*uid, id, s))
+        .chain(by_name);
+    for (uid, identity, delta) in all {
+        if !exists.exists(params![uid.as_bytes()])? {
+            continue; // removed since: its usage went with it
+        }
+        let mut stats = current
+            .query_row(params![uid.as_bytes(), identity], stats_from_row)
+            .optional()?
+            .unwrap_or_default();
+        stats.merge(delta);
+        write.execute(params![
+            uid.as_bytes(),
+            identity,
+            stats.first_resolve_us,
+            stats.last_resolve_us,
+            stats.resolve_count,
+            stats.denied_count,
+            stats.last_denied_us,
+            stats.superseded_count,
+            stats.last_superseded_us,
+        ])?;
+    }
+    Ok(())
+}
+
+fn token_uid(conn: &Connection, token: &TokenName) -> Result<Vec<u8>> {
+    conn.query_row(
+        "SELECT uid FROM tokens WHERE tenant = ?1 AND token_id = ?2",
+        params![token.tenant.as_str(), token.token_id.as_str()],
+        |r| r.get(0),
+    )
+    .optional()?
+    .ok_or(Error::NotFound("token"))
+}
+
+pub(super) fn create_binding(
+    tx: &Transaction<'_>,
+    token: &TokenName,
+    binding: &BindingRecord,
+) -> Result<()> {
+    let uid = token_uid(tx, token)?;
+    tx.execute(
+        "INSERT INTO bindings (token_uid, binding_id, caller_identity, purpose, create_us)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            uid,
+            binding.binding_id.as_str(),
+            binding.caller_identity,
+            binding.purpose,
+            micros(binding.create_time)
+        ],
+    )
+    .map_err(|e| unique_violation(e, "binding"))?;
+    Ok(())
+}
+
+pub(super) fn list_bindings(conn: &Connection, token: &TokenName) -> Result<Vec<BindingRecord>> {
+    let uid = token_uid(conn, token)?;
+    bindings_of(conn, &uid)
+}
+
+pub(super) fn bindings_of(conn: &Connection, uid: &[u8]) -> Result<Vec<BindingRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT binding_id, caller_identity, purpose, create_us FROM bindings
+         WHERE token_uid = ?1 ORDER BY create_us, binding_id",
+    )?;
+    let rows = stmt.query_map(params![uid], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    rows.map(|row| {
+        let (id, caller_identity, purpose, create_us) = row?;
+        Ok(BindingRecord {
+            binding_id: BindingId::new(&id, "binding_id").map_err(|_| Error::DataLoss)?,
+            caller_identity,
+            purpose,
+            create_time: from_micros(create_us),
+        })
+    })
+    .collect()
+}
+
+pub(super) fn delete_binding(
+    tx: &Transaction<'_>,
+    token: &TokenName,
+    binding_id: &BindingId,
+) -> Result<()> {
+    let uid = token_uid(tx, token)?;
+    let deleted = tx.execute(
+        "DELETE FROM bindings WHERE token_uid = ?1 AND binding_id = ?2",
+        params![uid, binding_id.as_str()],
+    )?;
+    if deleted == 0 {
+        return Err(Error::NotFound("binding"));
+    }
+    Ok(())
+}
+
+pub(super) fn has_binding_for(conn: &Connection, uid: &TokenUid, identity: &str) -> Result<bool> {
+    let mut stmt = conn
+        .prepare_cached("SELECT 1 FROM bindings WHERE token_uid = ?1 AND caller_identity = ?2")?;
+    Ok(stmt.exists(params![uid.as_bytes(), identity])?)
+}

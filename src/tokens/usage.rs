@@ -1,0 +1,224 @@
+//! Observed usage: who resolved which token, kept in memory on the hot path and
+//! written in batches by the flusher (see [`super::Tokens::flush`]).
+//!
+//! Recording an allowed resolve is a sharded map update: no I/O, no await, no
+//! allocation once a (token, caller) pair has been seen.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use super::TokenName;
+use crate::crypto::TokenUid;
+
+const SHARDS: usize = 16;
+
+/// Usage counters of one (token, caller) pair. The same shape serves as a
+/// pending delta and as a stored row; times are microseconds since the epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsageStats {
+    /// First allowed resolve.
+    pub first_resolve_us: Option<i64>,
+    /// Last allowed resolve.
+    pub last_resolve_us: Option<i64>,
+    /// Allowed resolves.
+    pub resolve_count: i64,
+    /// Refused resolves.
+    pub denied_count: i64,
+    /// Last refused resolve.
+    pub last_denied_us: Option<i64>,
+    /// Allowed resolves of the token while it was replaced.
+    pub superseded_count: i64,
+    /// Last superseded resolve.
+    pub last_superseded_us: Option<i64>,
+}
+
+impl UsageStats {
+    /// Adds `other` to these counters.
+    pub fn merge(&mut self, other: &Self) {
+        self.first_resolve_us = min_opt(self.first_resolve_us, other.first_resolve_us);
+        self.last_resolve_us = self.last_resolve_us.max(other.last_resolve_us);
+        self.resolve_count += other.resolve_count;
+        self.denied_count += other.denied_count;
+        self.last_denied_us = self.last_denied_us.max(other.last_denied_us);
+        self.superseded_count += other.superseded_count;
+        self.last_superseded_us = self.last_superseded_us.max(other.last_superseded_us);
+    }
+
+    fn resolved(&mut self, now_us: i64, superseded: bool) {
+        self.first_resolve_us = min_opt(self.first_resolve_us, Some(now_us));
+        self.last_resolve_us = self.last_resolve_us.max(Some(now_us));
+        self.resolve_count += 1;
+        if superseded {
+            self.superseded_count += 1;
+            self.last_superseded_us = self.last_superseded_us.max(Some(now_us));
+        }
+    }
+
+    fn denied(&mut self, now_us: i64) {
+        self.denied_count += 1;
+        self.last_denied_us = self.last_denied_us.max(Some(now_us));
+    }
+}
+
+fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Pending usage taken out of memory for one batch write.
+#[derive(Debug, Default)]
+pub struct UsageBatch {
+    /// Counters by token uid (resolves that found their token).
+    pub by_uid: Vec<(TokenUid, String, UsageStats)>,
+    /// Refusals decided before any lookup, by the name the caller asked for.
+    pub by_name: Vec<(TokenName, String, UsageStats)>,
+}
+
+impl UsageBatch {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.by_uid.is_empty() && self.by_name.is_empty()
+    }
+}
+
+type UidMap = HashMap<TokenUid, HashMap<String, UsageStats>>;
+
+/// In-memory usage counters.
+#[derive(Debug)]
+pub struct UsageTracker {
+    enabled: bool,
+    shards: Vec<Mutex<UidMap>>,
+    by_name: Mutex<HashMap<(TokenName, String), UsageStats>>,
+}
+
+impl UsageTracker {
+    /// A tracker; a disabled one records nothing (for measuring its cost).
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            by_name: Mutex::default(),
+        }
+    }
+
+    fn shard(&self, uid: &TokenUid) -> std::sync::MutexGuard<'_, UidMap> {
+        let index = usize::from(uid.as_bytes()[0]) % SHARDS;
+        self.shards[index].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update(&self, uid: &TokenUid, identity: &str, f: impl FnOnce(&mut UsageStats)) {
+        if !self.enabled {
+            return;
+        }
+        let mut shard = self.shard(uid);
+        let callers = shard.entry(*uid).or_default();
+        match callers.get_mut(identity) {
+            Some(stats) => f(stats),
+            None => f(callers.entry(identity.to_owned()).or_default()),
+        }
+    }
+
+    /// An allowed resolve of token `uid` by `identity`.
+    pub fn resolved(&self, uid: &TokenUid, identity: &str, now_us: i64, superseded: bool) {
+        self.update(uid, identity, |s| s.resolved(now_us, superseded));
+    }
+
+    /// A refused resolve of a token that was found (e.g. disabled).
+    pub fn denied(&self, uid: &TokenUid, identity: &str, now_us: i64) {
+        self.update(uid, identity, |s| s.denied(now_us));
+    }
+
+    /// A refused resolve decided before the token was looked up.
+    pub fn denied_by_name(&self, name: &TokenName, identity: &str, now_us: i64) {
+        if !self.enabled {
+            return;
+        }
+        let mut map = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((name.clone(), identity.to_owned()))
+            .or_default()
+            .denied(now_us);
+    }
+
+    /// Pending (not yet written) counters of one token, per caller.
+    pub fn pending(&self, uid: &TokenUid) -> Vec<(String, UsageStats)> {
+        let shard = self.shard(uid);
+        shard
+            .get(uid)
+            .map(|callers| callers.iter().map(|(id, s)| (id.clone(), *s)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Takes every pending counter for a batch write.
+    pub fn drain(&self) -> UsageBatch {
+        let mut batch = UsageBatch::default();
+        for shard in &self.shards {
+            let taken = std::mem::take(&mut *shard.lock().unwrap_or_else(|p| p.into_inner()));
+            for (uid, callers) in taken {
+                batch
+                    .by_uid
+                    .extend(callers.into_iter().map(|(id, s)| (uid, id, s)));
+            }
+        }
+        let taken = std::mem::take(&mut *self.by_name.lock().unwrap_or_else(|p| p.into_inner()));
+        batch.by_name = taken
+            .into_iter()
+            .map(|((name, id), s)| (name, id, s))
+            .collect();
+        batch
+    }
+
+    /// Puts a batch back after a failed write, so nothing is lost.
+    pub fn restore(&self, batch: UsageBatch) {
+        for (uid, identity, stats) in batch.by_uid {
+            let mut shard = self.shard(&uid);
+            shard
+                .entry(uid)
+                .or_default()
+                .entry(identity)
+                .or_default()
+                .merge(&stats);
+        }
+        let mut map = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, identity, stats) in batch.by_name {
+            map.entry((name, identity)).or_default().merge(&stats);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_merge_and_survive_a_failed_flush() {
+        let tracker = UsageTracker::new(true);
+        let uid = TokenUid::generate().expect("uid");
+        tracker.resolved(&uid, "spiffe://a", 10, false);
+        tracker.resolved(&uid, "spiffe://a", 30, true);
+        tracker.resolved(&uid, "spiffe://b", 20, false);
+        tracker.denied(&uid, "spiffe://c", 25);
+        let batch = tracker.drain();
+        assert_eq!(batch.by_uid.len(), 3);
+        assert!(tracker.drain().is_empty());
+        tracker.restore(batch);
+        tracker.resolved(&uid, "spiffe://a", 5, false);
+        let mut pending = tracker.pending(&uid);
+        pending.sort_by(|x, y| x.0.cmp(&y.0));
+        let a = pending[0].1;
+        assert_eq!(
+            (a.first_resolve_us, a.last_resolve_us, a.resolve_count),
+            (Some(5), Some(30), 3)
+        );
+        assert_eq!((a.superseded_count, a.last_superseded_us), (1, Some(30)));
+        assert_eq!(pending[2].1.denied_count, 1);
+    }
+
+    #[test]
+    fn a_disabled_tracker_records_nothing() {
+        let tracker = UsageTracker::new(false);
+        let uid = TokenUid::generate().expect("uid");
+        tracker.resolved(&uid, "x", 1, false);
+        assert!(tracker.drain().is_empty());
+    }
+}
