@@ -3,7 +3,7 @@
 //! Events are appended to the store with a hash chain: each record carries
 //! the SHA-256 of the previous record's hash and its own canonical encoding,
 //! and the store keeps the head (last sequence and hash) beside the log, so
-//! [`verify`] finds a removed, inserted or edited record and says where.
+//! [`crate::store::verify_audit_file`] finds a removed, inserted or edited record and says where.
 //! Admin mutations are written in the same transaction as the change (fail
 //! closed); decisions that change nothing (reads, denials, resolves) are
 //! queued in memory and written in batches, so the hot path stays write-free.
