@@ -38,7 +38,12 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use zeroize::Zeroizing;
+
+use crate::{
+    crypto::KeySource,
+    error::{Error, Result},
+};
 
 /// Everything `serve` needs.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -46,6 +51,10 @@ use crate::error::{Error, Result};
 pub struct Config {
     /// The policy file (TOML): who may administer and resolve what.
     pub policy: PathBuf,
+    /// Lock all memory (mlockall) so keys never reach swap; a warning, not a
+    /// failure, where the system does not permit it.
+    #[serde(default)]
+    pub lock_memory: bool,
     /// The public admin listener.
     pub admin: ListenerConfig,
     /// The internal-only listener that serves ResolveToken.
@@ -110,8 +119,67 @@ pub struct ListenerConfig {
 pub struct StoreConfig {
     /// The SQLite database file; created (mode 0600) if absent.
     pub database: PathBuf,
-    /// The root key file: 32 bytes, raw or base64, mode 0600 or stricter.
-    pub master_key_file: PathBuf,
+    /// Root key source (exactly one of the four): a key file, 32 bytes raw
+    /// or base64, mode 0600 or stricter...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_key_file: Option<PathBuf>,
+    /// ...or an environment variable holding the key in base64, read once at
+    /// start and then removed from the process environment...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_key_env: Option<String>,
+    /// ...or a file whose first line is a passphrase (Argon2id-stretched)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase_file: Option<PathBuf>,
+    /// ...or a passphrase read from `"stdin"` or typed at a `"prompt"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<PassphraseInput>,
+}
+
+/// Where an interactive passphrase comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PassphraseInput {
+    /// The first line of standard input.
+    Stdin,
+    /// A no-echo prompt on the terminal.
+    Prompt,
+}
+
+impl StoreConfig {
+    /// The configured root key source; exactly one must be set. An
+    /// environment variable is read here (callers that can should then
+    /// remove it from the environment).
+    pub fn key_source(&self) -> Result<KeySource> {
+        let sources = [
+            self.master_key_file.is_some(),
+            self.master_key_env.is_some(),
+            self.passphrase_file.is_some(),
+            self.passphrase.is_some(),
+        ];
+        if sources.iter().filter(|set| **set).count() != 1 {
+            return Err(Error::Startup(
+                "config [store]: set exactly one of master_key_file, master_key_env, passphrase_file, passphrase"
+                    .into(),
+            ));
+        }
+        Ok(
+            match (
+                &self.master_key_file,
+                &self.master_key_env,
+                &self.passphrase_file,
+                self.passphrase,
+            ) {
+                (Some(path), ..) => KeySource::File(path.clone()),
+                (_, Some(name), ..) => KeySource::Env {
+                    name: name.clone(),
+                    value: std::env::var(name).ok().map(Zeroizing::new),
+                },
+                (_, _, Some(path), _) => KeySource::PassphraseFile(path.clone()),
+                (.., Some(PassphraseInput::Stdin)) => KeySource::PassphraseStdin,
+                _ => KeySource::PassphrasePrompt,
+            },
+        )
+    }
 }
 
 impl Config {
@@ -143,9 +211,13 @@ impl Config {
             &mut self.internal.key,
             &mut self.internal.client_ca,
             &mut self.store.database,
-            &mut self.store.master_key_file,
         ];
-        for path in paths.into_iter().chain(self.audit.jsonl.as_mut()) {
+        let optional = [
+            self.audit.jsonl.as_mut(),
+            self.store.master_key_file.as_mut(),
+            self.store.passphrase_file.as_mut(),
+        ];
+        for path in paths.into_iter().chain(optional.into_iter().flatten()) {
             if path.is_relative() {
                 *path = base.join(&*path);
             }

@@ -90,10 +90,14 @@ pub fn prepare(dir: &Path, admin: SocketAddr, internal: SocketAddr) -> Result<De
         internal: listener(internal, "ca.pem"),
         store: StoreConfig {
             database: "aitokens.db".into(),
-            master_key_file: "master.key".into(),
+            master_key_file: Some("master.key".into()),
+            master_key_env: None,
+            passphrase_file: None,
+            passphrase: None,
         },
         usage: Default::default(),
         audit: Default::default(),
+        lock_memory: false,
     };
     let text = toml::to_string(&config).map_err(|e| Error::Internal(format!("config: {e}")))?;
     let config_path = dir.join("config.toml");

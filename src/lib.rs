@@ -22,6 +22,8 @@
 //! mapping to gRPC statuses. [`server`] wires two tonic servers over one
 //! domain handle; [`dev`] and [`pki`] make the embedded default.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -29,6 +31,7 @@ pub mod config;
 pub mod crypto;
 pub mod dev;
 pub mod error;
+pub mod hardening;
 pub mod pki;
 pub mod server;
 pub mod store;

@@ -1,17 +1,20 @@
-//! The `aitokens` command: `dev` (the embedded default) and `serve` (production).
+//! The `aitokens` command: `dev` (the embedded default), `serve`
+//! (production), `init` (a new database bound to a root key) and `audit verify`.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use aitokens::{
     Error, Result,
     config::Config,
+    crypto::{KeySource, Keyring, RootKey, new_deployment_id},
     dev::{self, DevSetup},
+    hardening::harden_process,
     server::Server,
-    store::{AuditVerdict, verify_audit_file},
+    store::{AuditVerdict, SqliteStore, TokenStore, verify_audit_file},
 };
 
 /// aitokens: a secrets service for AI tokens, over gRPC with mutual TLS.
@@ -47,6 +50,24 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Create an empty database bound to a root key (a key file, created if
+    /// absent, or a passphrase stretched with Argon2id). Passphrases are
+    /// never taken from the command line.
+    #[command(group(ArgGroup::new("root").required(true).args(["key_file", "passphrase_file", "passphrase_stdin"])))]
+    Init {
+        /// The database file to create.
+        #[arg(long)]
+        db: PathBuf,
+        /// Root key file: used if it exists, else created (mode 0600).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// File whose first line is the passphrase.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// Read the passphrase from the first line of standard input.
+        #[arg(long)]
+        passphrase_stdin: bool,
+    },
     /// Inspect the audit trail.
     Audit {
         #[command(subcommand)]
@@ -68,15 +89,15 @@ enum AuditCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    match start(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("aitokens: error: {e}");
@@ -85,8 +106,63 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
+/// Runs a command. Everything that must happen while the process is still
+/// single-threaded (hardening, taking a key out of the environment) happens
+/// here, before the async runtime starts its threads.
+fn start(cli: Cli) -> Result<()> {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Startup(format!("starting the async runtime: {e}")))
+    };
     match cli.command {
+        Command::Dev {
+            dir,
+            admin_addr,
+            internal_addr,
+        } => {
+            harden_process(false).log();
+            runtime()?.block_on(dev(dir, admin_addr, internal_addr))
+        }
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            harden_process(config.lock_memory).log();
+            let source = config.store.key_source()?;
+            if let KeySource::Env { name, .. } = &source {
+                // The key now lives only in zeroizing memory; children and
+                // /proc/PID/environ readers must not find it.
+                // SAFETY: no other thread exists yet (the runtime is built
+                // below), so nothing can read the environment concurrently.
+                #[allow(unsafe_code)]
+                unsafe {
+                    std::env::remove_var(name)
+                };
+                if std::env::var_os(name).is_none() {
+                    tracing::info!(variable = %name, "master key read and removed from the environment");
+                }
+            }
+            runtime()?.block_on(serve(config, source))
+        }
+        Command::Init {
+            db,
+            key_file,
+            passphrase_file,
+            passphrase_stdin,
+        } => {
+            harden_process(false).log();
+            let source = match (key_file, passphrase_file, passphrase_stdin) {
+                (Some(path), ..) => KeySource::File(path),
+                (_, Some(path), _) => KeySource::PassphraseFile(path),
+                _ if passphrase_stdin => KeySource::PassphraseStdin,
+                _ => {
+                    return Err(Error::Startup(
+                        "choose --key-file, --passphrase-file or --passphrase-stdin".into(),
+                    ));
+                }
+            };
+            init(&db, source)
+        }
         Command::Audit {
             command: AuditCommand::Verify { db, config },
         } => {
@@ -109,37 +185,69 @@ async fn run(cli: Cli) -> Result<()> {
                 ))),
             }
         }
-        Command::Dev {
-            dir,
-            admin_addr,
-            internal_addr,
-        } => {
-            let setup = {
-                let dir = dir.clone();
-                tokio::task::spawn_blocking(move || dev::prepare(&dir, admin_addr, internal_addr))
-                    .await
-                    .map_err(|e| Error::Internal(e.to_string()))??
-            };
-            for path in &setup.created {
-                tracing::info!(path = %path.display(), "created");
-            }
-            let server = Server::open(&setup.config).await?;
-            let (admin, internal) = bind(&setup.config).await?;
-            print_dev_banner(&dir, &setup, &admin, &internal);
-            server.serve(admin, internal, shutdown_signal()).await
-        }
-        Command::Serve { config } => {
-            let config = Config::load(&config)?;
-            let server = Server::open(&config).await?;
-            let (admin, internal) = bind(&config).await?;
-            tracing::info!(
-                admin = %admin.local_addr().map_err(|e| Error::Internal(e.to_string()))?,
-                internal = %internal.local_addr().map_err(|e| Error::Internal(e.to_string()))?,
-                "serving"
-            );
-            server.serve(admin, internal, shutdown_signal()).await
+    }
+}
+
+/// `aitokens init`: a new database whose keyring is sealed under the chosen
+/// root key. A key file created here records the new deployment's id.
+fn init(db: &std::path::Path, source: KeySource) -> Result<()> {
+    if db.exists() && std::fs::metadata(db).map(|m| m.len() > 0).unwrap_or(false) {
+        let store = SqliteStore::open(db)?;
+        if store.keyring()?.is_some() {
+            return Err(Error::Startup(format!(
+                "{} is already initialized",
+                db.display()
+            )));
         }
     }
+    let deployment = new_deployment_id()?;
+    let (root, kdf) = match &source {
+        KeySource::File(path) if !path.exists() => {
+            let key = RootKey::create_file_for(path, Some(&deployment))?;
+            println!(
+                "created root key file {} (keep it secret; back it up apart from the database)",
+                path.display()
+            );
+            (key, None)
+        }
+        _ => source.load()?.fresh()?,
+    };
+    let (_, records) = Keyring::create_with(&root, Some(deployment), kdf)?;
+    let store = SqliteStore::open(db)?;
+    store.init_keyring(&records)?;
+    println!(
+        "initialized {} with KEK version 1 ({:?})",
+        db.display(),
+        source
+    );
+    Ok(())
+}
+
+async fn dev(dir: PathBuf, admin_addr: SocketAddr, internal_addr: SocketAddr) -> Result<()> {
+    let setup = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || dev::prepare(&dir, admin_addr, internal_addr))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??
+    };
+    for path in &setup.created {
+        tracing::info!(path = %path.display(), "created");
+    }
+    let server = Server::open(&setup.config).await?;
+    let (admin, internal) = bind(&setup.config).await?;
+    print_dev_banner(&dir, &setup, &admin, &internal);
+    server.serve(admin, internal, shutdown_signal()).await
+}
+
+async fn serve(config: Config, source: KeySource) -> Result<()> {
+    let server = Server::open_with(&config, source).await?;
+    let (admin, internal) = bind(&config).await?;
+    tracing::info!(
+        admin = %admin.local_addr().map_err(|e| Error::Internal(e.to_string()))?,
+        internal = %internal.local_addr().map_err(|e| Error::Internal(e.to_string()))?,
+        "serving"
+    );
+    server.serve(admin, internal, shutdown_signal()).await
 }
 
 async fn bind(config: &Config) -> Result<(TcpListener, TcpListener)> {
@@ -157,7 +265,6 @@ async fn bind(config: &Config) -> Result<(TcpListener, TcpListener)> {
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut sig) => {
@@ -166,15 +273,12 @@ async fn shutdown_signal() {
             Err(_) => std::future::pending().await,
         }
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
     tokio::select! {
         _ = ctrl_c => {},
         () = term => {},
     }
     tracing::info!("shutdown requested; finishing in-flight requests");
 }
-
 fn print_dev_banner(
     dir: &std::path::Path,
     setup: &DevSetup,

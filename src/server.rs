@@ -36,7 +36,7 @@ use crate::{
     audit::JsonlSink,
     auth::{Policy, PolicyHandle},
     config::Config,
-    crypto::{Keyring, RootKey},
+    crypto::{KeySource, Keyring},
     error::{Error, Result},
     store::{SqliteStore, TokenStore},
     tls::{self, TlsIncoming},
@@ -64,34 +64,42 @@ pub struct Server {
 }
 
 impl Server {
-    /// Loads and checks everything `config` names. Blocking work (key
-    /// derivation, SQLite) runs on the blocking pool.
+    /// Loads and checks everything `config` names, taking the root key from
+    /// its configured source.
     pub async fn open(config: &Config) -> Result<Self> {
+        let source = config.store.key_source()?;
+        Self::open_with(config, source).await
+    }
+
+    /// Like [`Server::open`], with the root key source given (the binary
+    /// reads an environment key early and removes it from the environment).
+    /// Blocking work (key derivation, SQLite) runs on the blocking pool.
+    pub async fn open_with(config: &Config, source: KeySource) -> Result<Self> {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || Self::open_blocking(&config))
+        tokio::task::spawn_blocking(move || Self::open_blocking(&config, &source))
             .await
             .map_err(|e| Error::Internal(format!("start-up task failed: {e}")))?
     }
 
-    fn open_blocking(config: &Config) -> Result<Self> {
+    fn open_blocking(config: &Config, source: &KeySource) -> Result<Self> {
         let policy = Policy::load(&config.policy)?;
         let admin_tls = tls::server_config(&config.admin)?;
         let internal_tls = tls::server_config(&config.internal)?;
-        let root = RootKey::from_file(&config.store.master_key_file)?;
+        let material = source.load()?;
         let mut store = SqliteStore::open(&config.store.database)?;
         if let Some(path) = &config.audit.jsonl {
             store = store.with_audit_mirror(JsonlSink::new(path.clone()));
         }
         let keyring = match store.keyring()? {
-            Some(records) => Keyring::open(&root, &records)?,
+            Some(records) => Keyring::open(&material.unlock(&records)?, &records)?,
             None => {
-                let (keyring, records) = Keyring::create(&root)?;
+                let (root, kdf) = material.fresh()?;
+                let (keyring, records) = Keyring::create_with(&root, None, kdf)?;
                 store.init_keyring(&records)?;
                 tracing::info!(database = %store.path().display(), "initialized a new keyring");
                 keyring
             }
         };
-        drop(root);
         let settings = UsageSettings {
             track: config.usage.track,
             recent_window: Duration::from_secs(config.usage.recent_window_secs),

@@ -68,6 +68,15 @@ pub struct KeyringRecords {
     pub current_version: u32,
     /// Every KEK version, sealed under the root key.
     pub sealed_keks: Vec<(u32, Vec<u8>)>,
+    /// Argon2id parameters when the root key comes from a passphrase.
+    pub kdf: Option<super::KdfParams>,
+}
+
+/// A fresh random deployment id.
+pub fn new_deployment_id() -> Result<Vec<u8>> {
+    let mut id = vec![0u8; DEPLOYMENT_ID_LEN];
+    fill_random(&mut id)?;
+    Ok(id)
 }
 
 /// The unsealed keyring, held in memory for the life of the server.
@@ -79,8 +88,19 @@ pub struct Keyring {
 impl Keyring {
     /// A new keyring with KEK version 1, for a new database.
     pub fn create(root: &RootKey) -> Result<(Self, KeyringRecords)> {
-        let mut deployment_id = vec![0u8; DEPLOYMENT_ID_LEN];
-        fill_random(&mut deployment_id)?;
+        Self::create_with(root, None, None)
+    }
+
+    /// A new keyring, with the deployment id and KDF parameters to record.
+    pub fn create_with(
+        root: &RootKey,
+        deployment: Option<Vec<u8>>,
+        kdf: Option<super::KdfParams>,
+    ) -> Result<(Self, KeyringRecords)> {
+        let deployment_id = match deployment {
+            Some(id) => id,
+            None => new_deployment_id()?,
+        };
         let key_check = root
             .key()
             .seal(&aad::key_check(&deployment_id), KEY_CHECK)?;
@@ -94,6 +114,7 @@ impl Keyring {
             key_check,
             current_version: version,
             sealed_keks: vec![(version, sealed)],
+            kdf,
         };
         let keyring = Self {
             current_version: version,

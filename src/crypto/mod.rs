@@ -16,6 +16,7 @@ pub mod aad;
 pub mod envelope;
 mod keyring;
 mod root_key;
+mod source;
 
 use chacha20poly1305::{
     KeyInit, XChaCha20Poly1305,
@@ -23,8 +24,9 @@ use chacha20poly1305::{
 };
 use zeroize::Zeroizing;
 
-pub use keyring::{Keyring, KeyringRecords, SealedValue, TokenUid};
-pub use root_key::RootKey;
+pub use keyring::{Keyring, KeyringRecords, SealedValue, TokenUid, new_deployment_id};
+pub use root_key::{KdfParams, KeyFile, RootKey, hex_encode};
+pub use source::{KeySource, RootMaterial};
 
 use crate::error::{Error, Result};
 

@@ -1,4 +1,5 @@
-//! The root ("master") key: loaded once from a key file, held in zeroizing memory.
+//! The root ("master") key: from a key file, an environment variable, or a
+//! passphrase stretched with Argon2id; held in zeroizing memory.
 
 use std::{
     fs,
@@ -18,10 +19,16 @@ use crate::error::{Error, Result};
 pub struct RootKey(SecretKey);
 
 impl RootKey {
-    /// Reads a key file: exactly 32 raw bytes, or those 32 bytes in base64
-    /// (surrounding whitespace ignored). The file must not be readable by
-    /// group or others.
+    /// Reads a key file (see [`RootKey::read_file`]).
     pub fn from_file(path: &Path) -> Result<Self> {
+        Ok(Self::read_file(path)?.key)
+    }
+
+    /// Reads a key file: exactly 32 raw bytes, or those 32 bytes in base64
+    /// (surrounding whitespace ignored), optionally after a comment line
+    /// `# aitokens root key for deployment HEX` that `aitokens init` writes.
+    /// The file must not be readable by group or others.
+    pub fn read_file(path: &Path) -> Result<KeyFile> {
         let shown = path.display();
         let meta = fs::metadata(path)
             .map_err(|e| Error::Startup(format!("master key file {shown}: {e}")))?;
@@ -35,14 +42,32 @@ impl RootKey {
         let contents = Zeroizing::new(
             fs::read(path).map_err(|e| Error::Startup(format!("master key file {shown}: {e}")))?,
         );
-        Self::from_file_contents(&contents).ok_or_else(|| {
+        Self::parse_key_file(&contents).ok_or_else(|| {
             Error::Startup(format!(
                 "master key file {shown} must hold exactly {KEY_LEN} bytes, raw or base64"
             ))
         })
     }
 
-    fn from_file_contents(contents: &[u8]) -> Option<Self> {
+    fn parse_key_file(contents: &[u8]) -> Option<KeyFile> {
+        if let Some(key) = Self::from_encoded(contents) {
+            return Some(KeyFile {
+                key,
+                deployment: None,
+            });
+        }
+        let text = std::str::from_utf8(contents).ok()?;
+        let (first, rest) = text.split_once('\n')?;
+        let deployment = first.strip_prefix(DEPLOYMENT_LINE)?;
+        let deployment = hex_decode(deployment.trim())?;
+        Some(KeyFile {
+            key: Self::from_encoded(rest.as_bytes())?,
+            deployment: Some(deployment),
+        })
+    }
+
+    /// A key from exactly 32 raw bytes or their base64 text.
+    pub fn from_encoded(contents: &[u8]) -> Option<Self> {
         if let Some(key) = SecretKey::from_slice(contents) {
             return Some(Self(key));
         }
@@ -51,11 +76,39 @@ impl RootKey {
         SecretKey::from_slice(&decoded).map(Self)
     }
 
+    /// Stretches a passphrase into a root key with Argon2id and `params`.
+    pub fn from_passphrase(passphrase: &[u8], params: &KdfParams) -> Result<Self> {
+        if passphrase.is_empty() {
+            return Err(Error::Startup("the passphrase is empty".into()));
+        }
+        let argon = argon2::Params::new(params.m_kib, params.t, params.p, Some(KEY_LEN))
+            .map_err(|e| Error::Startup(format!("stored Argon2id parameters are invalid: {e}")))?;
+        let kdf = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon);
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        kdf.hash_password_into(passphrase, &params.salt, key.as_mut())
+            .map_err(|e| {
+                Error::Startup(format!("deriving the root key from the passphrase: {e}"))
+            })?;
+        Ok(Self(SecretKey(key)))
+    }
+
     /// Creates a new key file (mode 0600, base64) holding a fresh random key.
     /// Fails if the file exists: a master key is never overwritten.
     pub fn create_file(path: &Path) -> Result<Self> {
+        Self::create_file_for(path, None)
+    }
+
+    /// Like [`RootKey::create_file`], recording the deployment the key is for
+    /// so that a database of another deployment is recognized as such.
+    pub fn create_file_for(path: &Path, deployment: Option<&[u8]>) -> Result<Self> {
         let key = SecretKey::generate()?;
-        let encoded = Zeroizing::new(STANDARD.encode(key.expose()));
+        let mut encoded = Zeroizing::new(String::new());
+        if let Some(id) = deployment {
+            encoded.push_str(DEPLOYMENT_LINE);
+            encoded.push_str(&hex_encode(id));
+            encoded.push('\n');
+        }
+        encoded.push_str(&STANDARD.encode(key.expose()));
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -76,4 +129,69 @@ impl RootKey {
     pub(super) fn key(&self) -> &SecretKey {
         &self.0
     }
+}
+
+const DEPLOYMENT_LINE: &str = "# aitokens root key for deployment ";
+
+/// A key file's contents.
+#[derive(Debug)]
+pub struct KeyFile {
+    /// The key.
+    pub key: RootKey,
+    /// The deployment it was created for, when the file says.
+    pub deployment: Option<Vec<u8>>,
+}
+
+/// Argon2id parameters and salt, stored with the keyring of a
+/// passphrase-protected database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Random salt.
+    pub salt: Vec<u8>,
+    /// Memory in KiB.
+    pub m_kib: u32,
+    /// Passes.
+    pub t: u32,
+    /// Lanes.
+    pub p: u32,
+}
+
+impl KdfParams {
+    /// RFC 9106's second recommended option: 64 MiB, t=3, p=4, with a fresh
+    /// 16-byte salt.
+    pub fn generate() -> Result<Self> {
+        let mut salt = vec![0u8; 16];
+        super::fill_random(&mut salt)?;
+        Ok(Self {
+            salt,
+            m_kib: 64 * 1024,
+            t: 3,
+            p: 4,
+        })
+    }
+
+    /// Refuses parameters weaker than RFC 9106's second option.
+    pub fn check(&self) -> Result<()> {
+        if self.m_kib < 64 * 1024 || self.t < 3 || self.p < 1 || self.salt.len() < 16 {
+            return Err(Error::Startup(
+                "stored Argon2id parameters are weaker than 64 MiB, t=3 (tampered?)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Lowercase hex.
+pub fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }

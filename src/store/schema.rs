@@ -75,4 +75,9 @@ pub const MIGRATIONS: &[&str] = &[
          BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
      CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
          BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
+    // 3: passphrase-derived root keys (Argon2id parameters beside the keyring).
+    "ALTER TABLE keyring ADD COLUMN kdf_salt BLOB;
+     ALTER TABLE keyring ADD COLUMN kdf_m_kib INTEGER;
+     ALTER TABLE keyring ADD COLUMN kdf_t INTEGER;
+     ALTER TABLE keyring ADD COLUMN kdf_p INTEGER;",
 ];

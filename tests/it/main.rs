@@ -6,6 +6,7 @@ mod admin;
 mod audit;
 mod binary;
 mod common;
+mod keys;
 mod lifecycle;
 mod mtls;
 mod store;

@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     audit::{AuditEvent, AuditRecord, JsonlSink},
-    crypto::{KeyringRecords, SealedValue, TokenUid},
+    crypto::{KdfParams, KeyringRecords, SealedValue, TokenUid},
     error::{Error, Result},
     tokens::{BindingId, TenantId, TokenId, TokenName, TokenRecord, UsageBatch, UsageStats},
 };
@@ -162,15 +162,34 @@ impl SqliteStore {
 impl TokenStore for SqliteStore {
     fn keyring(&self) -> Result<Option<KeyringRecords>> {
         let conn = self.reader();
-        let Some((deployment_id, key_check, current_version)) = conn
+        type Row = (
+            Vec<u8>,
+            Vec<u8>,
+            u32,
+            Option<Vec<u8>>,
+            Option<u32>,
+            Option<u32>,
+            Option<u32>,
+        );
+        let Some((deployment_id, key_check, current_version, salt, m_kib, t, p)): Option<Row> = conn
             .query_row(
-                "SELECT deployment_id, key_check, current_version FROM keyring WHERE id = 1",
+                "SELECT deployment_id, key_check, current_version, kdf_salt, kdf_m_kib, kdf_t, kdf_p
+                 FROM keyring WHERE id = 1",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
             )
             .optional()?
         else {
             return Ok(None);
+        };
+        let kdf = match (salt, m_kib, t, p) {
+            (Some(salt), Some(m_kib), Some(t), Some(p)) => Some(KdfParams { salt, m_kib, t, p }),
+            (None, None, None, None) => None,
+            _ => {
+                return Err(Error::Startup(
+                    "the keyring's passphrase parameters are incomplete".into(),
+                ));
+            }
         };
         let mut stmt = conn.prepare("SELECT version, sealed FROM keks ORDER BY version")?;
         let sealed_keks = stmt
@@ -181,17 +200,38 @@ impl TokenStore for SqliteStore {
             key_check,
             current_version,
             sealed_keks,
+            kdf,
         }))
     }
 
     fn init_keyring(&self, records: &KeyringRecords) -> Result<()> {
+        let kdf = records.kdf.as_ref();
         self.write(|tx| {
             tx.execute(
-                "INSERT INTO keyring (id, deployment_id, key_check, current_version) VALUES (1, ?1, ?2, ?3)",
-                params![records.deployment_id, records.key_check, records.current_version],
-            )?;
+                "INSERT INTO keyring (id, deployment_id, key_check, current_version,
+                                      kdf_salt, kdf_m_kib, kdf_t, kdf_p)
+                 VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    records.deployment_id,
+                    records.key_check,
+                    records.current_version,
+                    kdf.map(|k| &k.salt),
+                    kdf.map(|k| k.m_kib),
+                    kdf.map(|k| k.t),
+                    kdf.map(|k| k.p),
+                ],
+            )
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                    Error::Startup("the database already has a keyring (it is initialized)".into())
+                }
+                _ => e.into(),
+            })?;
             for (version, sealed) in &records.sealed_keks {
-                tx.execute("INSERT INTO keks (version, sealed) VALUES (?1, ?2)", params![version, sealed])?;
+                tx.execute(
+                    "INSERT INTO keks (version, sealed) VALUES (?1, ?2)",
+                    params![version, sealed],
+                )?;
             }
             Ok(((), Vec::new()))
         })

@@ -1,0 +1,338 @@
+//! Root key sources, `aitokens init`, start-up refusals, process hardening.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use aitokens::{
+    api::pb::{GetTokenRequest, ResolveTokenRequest},
+    config::Config,
+    server::Server,
+};
+
+use crate::common::{Setup, TestServer, create_request};
+
+fn aitokens() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_aitokens"))
+}
+
+/// Points `config` at a passphrase file instead of the dev key file.
+fn use_passphrase(config: &mut Config, dir: &Path, passphrase: &str) {
+    let path = dir.join("passphrase");
+    std::fs::write(&path, format!("{passphrase}\n")).expect("write passphrase");
+    config.store.master_key_file = None;
+    config.store.passphrase_file = Some(path);
+}
+
+#[tokio::test]
+async fn a_passphrase_protects_the_database_and_a_wrong_one_is_named() {
+    let mut setup = Setup::new();
+    let dir = setup.dir.path().to_owned();
+    use_passphrase(&mut setup.config, &dir, "correct horse battery staple");
+    let server = setup.start().await;
+    server
+        .admin()
+        .await
+        .create_token(create_request("acme", "t", "sk-pass"))
+        .await
+        .expect("create");
+    let server = server.restart().await;
+    let value = server
+        .resolver()
+        .await
+        .resolve_token(ResolveTokenRequest {
+            name: "tenants/acme/tokens/t".into(),
+        })
+        .await
+        .expect("resolve after restart with the passphrase")
+        .into_inner()
+        .value
+        .clone();
+    assert_eq!(value, "sk-pass");
+
+    let (dir, mut config) = server.stop().await;
+    use_passphrase(&mut config, dir.path(), "wrong horse");
+    let err = Server::open(&config).await.err().expect("wrong passphrase");
+    assert!(
+        err.to_string().contains("master key does not match"),
+        "{err}"
+    );
+
+    // A key file where the database expects a passphrase is named as such.
+    config.store.passphrase_file = None;
+    config.store.master_key_file = Some(dir.path().join("master.key"));
+    let err = Server::open(&config)
+        .await
+        .err()
+        .expect("key for a passphrase database");
+    assert!(
+        err.to_string().contains("protected by a passphrase"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_argon2id_parameters_are_at_least_rfc9106_option_two() {
+    let mut setup = Setup::new();
+    let dir = setup.dir.path().to_owned();
+    use_passphrase(&mut setup.config, &dir, "p");
+    let server = setup.start().await;
+    let (_dir, config) = server.stop().await;
+    let conn = rusqlite::Connection::open(&config.store.database).expect("open");
+    let (salt, m, t, p): (Vec<u8>, i64, i64, i64) = conn
+        .query_row(
+            "SELECT kdf_salt, kdf_m_kib, kdf_t, kdf_p FROM keyring",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .expect("kdf params stored");
+    assert!(
+        salt.len() >= 16 && m >= 64 * 1024 && t >= 3 && p >= 4,
+        "{m} {t} {p}"
+    );
+}
+
+struct Serve {
+    child: Child,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+/// Starts `aitokens serve --config` and waits (bounded) for "serving" or an exit.
+fn serve(config: &Path, env: &[(&str, &str)]) -> Result<Serve, String> {
+    let mut child = aitokens()
+        .args(["serve", "--config"])
+        .arg(config)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn aitokens serve");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pipe = child.stderr.take().expect("stderr");
+    let stderr = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if line.contains("serving") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if rx.try_recv().is_ok() {
+            return Ok(Serve { child, stderr });
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            let text = stderr.join().unwrap_or_default();
+            return Err(format!("exited with {status}: {text}"));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "aitokens serve did not start within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Serve {
+    fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "serve did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.stderr.join().unwrap_or_default()
+    }
+}
+
+/// Writes the dev config with ephemeral-looking fixed ports to `path`.
+fn write_config(setup: &Setup, path: &Path, edit: impl FnOnce(&mut toml::Table)) {
+    let mut config = setup.config.clone();
+    let port = |l: std::net::TcpListener| l.local_addr().expect("addr");
+    config.admin.listen = port(std::net::TcpListener::bind("127.0.0.1:0").expect("bind"));
+    config.internal.listen = port(std::net::TcpListener::bind("127.0.0.1:0").expect("bind"));
+    let mut table: toml::Table =
+        toml::from_str(&toml::to_string(&config).expect("ser")).expect("de");
+    edit(&mut table);
+    std::fs::write(path, toml::to_string(&table).expect("ser")).expect("write config");
+}
+
+#[test]
+fn an_environment_key_is_used_then_removed_and_the_process_is_hardened() {
+    let setup = Setup::new();
+    let config_path = setup.dir.path().join("env.toml");
+    write_config(&setup, &config_path, |t| {
+        let store = t["store"].as_table_mut().expect("store");
+        store.remove("master_key_file");
+        store.insert("master_key_env".into(), "AITOKENS_TEST_ROOT_KEY".into());
+    });
+    let key_b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+    };
+    let serve = serve(&config_path, &[("AITOKENS_TEST_ROOT_KEY", &key_b64)])
+        .expect("serve with an env key");
+    let pid = serve.child.id();
+    // (/proc/PID/environ keeps the environment the process was started with;
+    // a non-dumpable process makes it readable by root only.)
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("core line");
+    assert_eq!(
+        core.split_whitespace().collect::<Vec<_>>()[4..6],
+        ["0", "0"],
+        "{core}"
+    );
+    let logs = serve.stop();
+    assert!(logs.contains("process hardened"), "{logs}");
+    assert!(
+        logs.contains("master key read and removed from the environment"),
+        "{logs}"
+    );
+    assert!(!logs.contains(&key_b64), "the key reached the logs");
+
+    // Missing variable: a one-line error naming it.
+    let out = aitokens()
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env_remove("AITOKENS_TEST_ROOT_KEY")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("AITOKENS_TEST_ROOT_KEY is not set"),
+        "{err}"
+    );
+}
+
+#[test]
+fn init_binds_a_database_to_its_key_and_refusals_say_which_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("a.db");
+    let key = dir.path().join("a.key");
+    let out = aitokens()
+        .args(["init", "--db"])
+        .arg(&db)
+        .arg("--key-file")
+        .arg(&key)
+        .output()
+        .expect("init");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).expect("key").permissions().mode() & 0o777,
+        0o600
+    );
+    let again = aitokens()
+        .args(["init", "--db"])
+        .arg(&db)
+        .arg("--key-file")
+        .arg(&key)
+        .output()
+        .expect("init");
+    assert!(
+        !again.status.success()
+            && String::from_utf8_lossy(&again.stderr).contains("already initialized")
+    );
+
+    // A second deployment; its key file on the first database is named as such.
+    let other_db = dir.path().join("b.db");
+    let other_key = dir.path().join("b.key");
+    let out = aitokens()
+        .args(["init", "--db"])
+        .arg(&other_db)
+        .arg("--key-file")
+        .arg(&other_key)
+        .output()
+        .expect("init");
+    assert!(out.status.success());
+    let setup = Setup::new();
+    let config_path = dir.path().join("c.toml");
+    write_config(&setup, &config_path, |t| {
+        let store = t["store"].as_table_mut().expect("store");
+        store.insert("database".into(), db.display().to_string().into());
+        store.insert(
+            "master_key_file".into(),
+            other_key.display().to_string().into(),
+        );
+    });
+    let err = serve(&config_path, &[])
+        .err()
+        .expect("another deployment's key");
+    assert!(err.contains("belongs to another deployment"), "{err}");
+    // A missing key file is named.
+    std::fs::remove_file(&other_key).expect("rm");
+    let err = serve(&config_path, &[]).err().expect("missing key");
+    assert!(
+        err.contains("master key file") && err.contains("No such file"),
+        "{err}"
+    );
+
+    // Passphrase init from stdin, then serve with the same passphrase from a file.
+    let pdb = dir.path().join("p.db");
+    let mut child = aitokens()
+        .args(["init", "--passphrase-stdin", "--db"])
+        .arg(&pdb)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("init");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"a long passphrase\n")
+        .expect("write");
+    assert!(child.wait().expect("wait").success());
+    let pass_file = dir.path().join("pass");
+    std::fs::write(&pass_file, "a long passphrase\n").expect("write");
+    write_config(&setup, &config_path, |t| {
+        let store = t["store"].as_table_mut().expect("store");
+        store.remove("master_key_file");
+        store.insert("database".into(), pdb.display().to_string().into());
+        store.insert(
+            "passphrase_file".into(),
+            pass_file.display().to_string().into(),
+        );
+    });
+    serve(&config_path, &[])
+        .expect("serve with the init passphrase")
+        .stop();
+}
+
+#[tokio::test]
+async fn a_key_file_open_to_others_is_refused_at_start() {
+    let server = TestServer::start().await;
+    server
+        .admin()
+        .await
+        .get_token(GetTokenRequest {
+            name: "tenants/a/tokens/b".into(),
+        })
+        .await
+        .expect_err("absent");
+    let (_dir, config) = server.stop().await;
+    let key = config.store.master_key_file.clone().expect("key file");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let err = Server::open(&config).await.err().expect("refused");
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+}
