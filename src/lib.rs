@@ -32,6 +32,7 @@ pub mod crypto;
 pub mod dev;
 pub mod error;
 pub mod hardening;
+pub mod keys;
 pub mod pki;
 pub mod server;
 pub mod store;

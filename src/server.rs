@@ -40,6 +40,7 @@ use crate::{
     error::{Error, Result},
     store::{SqliteStore, TokenStore},
     tls::{self, TlsIncoming},
+    keys::{KeyringHandle, Keys},
     tokens::{Tokens, UsageSettings},
 };
 
@@ -56,6 +57,7 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// A server that passed every start-up check and is ready to listen.
 pub struct Server {
     tokens: Tokens,
+    keys: Keys,
     policy: Arc<PolicyHandle>,
     policy_path: PathBuf,
     flush_interval: Duration,
@@ -90,22 +92,29 @@ impl Server {
         if let Some(path) = &config.audit.jsonl {
             store = store.with_audit_mirror(JsonlSink::new(path.clone()));
         }
-        let keyring = match store.keyring()? {
-            Some(records) => Keyring::open(&material.unlock(&records)?, &records)?,
+        let (root, keyring) = match store.keyring()? {
+            Some(records) => {
+                let root = material.unlock(&records)?;
+                let keyring = Keyring::open(&root, &records)?;
+                (root, keyring)
+            }
             None => {
                 let (root, kdf) = material.fresh()?;
                 let (keyring, records) = Keyring::create_with(&root, None, kdf)?;
                 store.init_keyring(&records)?;
                 tracing::info!(database = %store.path().display(), "initialized a new keyring");
-                keyring
+                (root, keyring)
             }
         };
         let settings = UsageSettings {
             track: config.usage.track,
             recent_window: Duration::from_secs(config.usage.recent_window_secs),
         };
-        let tokens = Tokens::new(Arc::new(store), Arc::new(keyring), settings);
+        let store: Arc<dyn TokenStore> = Arc::new(store);
+        let handle = Arc::new(KeyringHandle::new(root, keyring));
+        let tokens = Tokens::new(store.clone(), handle.clone(), settings);
         Ok(Self {
+            keys: Keys::new(store, handle),
             tokens,
             policy: Arc::new(PolicyHandle::new(policy)),
             policy_path: config.policy.clone(),
@@ -143,6 +152,7 @@ impl Server {
             self.flush_interval,
             stop_rx.clone(),
         ));
+        let key_upkeep = tokio::spawn(maintain_keys(self.keys.clone(), self.flush_interval, stop_rx.clone()));
         let reloader = tokio::spawn(reload_policy(
             self.policy.clone(),
             self.policy_path.clone(),
@@ -207,6 +217,7 @@ impl Server {
         };
         reloader.abort();
         let _ = flusher.await;
+        let _ = key_upkeep.await;
         // Last flush: nothing counted or queued before the stop is lost.
         let flushed = self.tokens.flush().await;
         if let Err(e) = &flushed {
@@ -256,6 +267,54 @@ async fn flush_periodically(tokens: Tokens, interval: Duration, mut stop: watch:
         }
     }
 }
+
+/// How long the re-wrap job works before yielding to a stop request.
+const REWRAP_SLICE: Duration = Duration::from_millis(200);
+
+/// Every `interval`: picks up keyring changes made by another process, runs
+/// the re-wrap job while data keys sit under an old KEK version, and now and
+/// then VACUUMs so deleted pages do not linger in the file.
+async fn maintain_keys(keys: Keys, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_vacuum = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stopped_signal(&mut stop) => return,
+        }
+        let keys = keys.clone();
+        let vacuum_due = last_vacuum.elapsed() >= VACUUM_INTERVAL;
+        let work = tokio::task::spawn_blocking(move || -> Result<usize> {
+            keys.reload_if_changed()?;
+            let started = std::time::Instant::now();
+            let mut moved = 0;
+            while started.elapsed() < REWRAP_SLICE {
+                match keys.rewrap_step()? {
+                    0 => break,
+                    n => moved += n,
+                }
+            }
+            if vacuum_due {
+                keys.vacuum()?;
+            }
+            Ok(moved)
+        })
+        .await;
+        if vacuum_due {
+            last_vacuum = tokio::time::Instant::now();
+        }
+        match work {
+            Ok(Ok(0)) => {}
+            Ok(Ok(moved)) => tracing::info!(moved, "re-wrapped data keys under the current KEK"),
+            Ok(Err(e)) => tracing::error!(error = %e, "key maintenance failed; will retry"),
+            Err(e) => tracing::error!(error = %e, "key maintenance task failed"),
+        }
+    }
+}
+
+/// How often the database is VACUUMed (erasing deleted content from free pages).
+const VACUUM_INTERVAL: Duration = Duration::from_secs(60 * 60);
 
 /// Completes once a stop is requested (holding no watch guard across awaits).
 async fn stopped_signal(stop: &mut watch::Receiver<bool>) {

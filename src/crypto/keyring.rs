@@ -201,6 +201,57 @@ impl Keyring {
         data_key.open(&aad::value(tenant, uid), &sealed.value_ciphertext)
     }
 
+    /// The version that seals new data keys.
+    pub fn current_version(&self) -> u32 {
+        self.current_version
+    }
+
+    /// The versions held.
+    pub fn versions(&self) -> Vec<u32> {
+        self.keks.keys().copied().collect()
+    }
+
+    /// A new KEK version sealed under `root` for `deployment`: the version
+    /// number and its sealed form, to store before it is used.
+    pub fn new_kek(&self, root: &RootKey, deployment: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let version = self.keks.keys().next_back().copied().unwrap_or(0) + 1;
+        let kek = SecretKey::generate()?;
+        let sealed = root.key().seal(&aad::kek(deployment, version), kek.expose())?;
+        Ok((version, sealed))
+    }
+
+    /// Re-seals every KEK and the key check under `new_root` (rekey): the
+    /// keyring records to store, replacing the old ones in one transaction.
+    pub fn resealed(
+        &self,
+        new_root: &RootKey,
+        records: &KeyringRecords,
+        kdf: Option<super::KdfParams>,
+    ) -> Result<KeyringRecords> {
+        let deployment = &records.deployment_id;
+        let sealed_keks = self
+            .keks
+            .iter()
+            .map(|(version, kek)| Ok((*version, new_root.key().seal(&aad::kek(deployment, *version), kek.expose())?)))
+            .collect::<Result<_>>()?;
+        Ok(KeyringRecords {
+            deployment_id: deployment.clone(),
+            key_check: new_root.key().seal(&aad::key_check(deployment), KEY_CHECK)?,
+            current_version: self.current_version,
+            sealed_keks,
+            kdf,
+        })
+    }
+
+    /// Moves a data key from the KEK version that wraps it to the current
+    /// one. Returns the new wrapped key.
+    pub fn rewrap(&self, tenant: &str, uid: &TokenUid, from_version: u32, wrapped: &[u8]) -> Result<Vec<u8>> {
+        let old = self.kek(from_version).map_err(|_| Error::DataLoss)?;
+        let raw = old.open(&aad::data_key(tenant, uid, from_version), wrapped)?;
+        let current = self.kek(self.current_version)?;
+        current.seal(&aad::data_key(tenant, uid, self.current_version), &raw)
+    }
+
     fn kek(&self, version: u32) -> Result<&SecretKey> {
         self.keks
             .get(&version)

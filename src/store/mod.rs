@@ -27,6 +27,10 @@ pub type UpdateFn<'a> = dyn FnMut(&TokenRecord) -> Result<(TokenRecord, Vec<Audi
 /// (given what still uses it) and which audit events record its removal.
 pub type RemoveFn<'a> = dyn FnMut(&TokenRecord, &RemovalContext) -> Result<Vec<AuditEvent>> + 'a;
 
+/// Re-wraps one data key: given the row's tenant, uid, KEK version and
+/// wrapped key, returns the key wrapped under the current KEK.
+pub type RewrapFn<'a> = dyn FnMut(&str, &TokenUid, u32, &[u8]) -> Result<Vec<u8>> + 'a;
+
 /// What the resolve path needs of a token: no more than one indexed read.
 #[derive(Debug)]
 pub struct SealedToken {
@@ -146,4 +150,21 @@ pub trait TokenStore: Send + Sync + 'static {
         after_seq: i64,
         limit: usize,
     ) -> Result<Vec<AuditRecord>>;
+
+    /// Rows per KEK version, every stored version included (0 rows too).
+    fn kek_usage(&self) -> Result<Vec<(u32, i64)>>;
+    /// Stores KEK `version` (sealed) and makes it current.
+    fn add_kek(&self, version: u32, sealed: &[u8], events: &[AuditEvent]) -> Result<()>;
+    /// Re-wraps up to `limit` data keys not under KEK `current`, in one
+    /// transaction; returns how many moved (0: none left).
+    fn rewrap_batch(&self, current: u32, limit: usize, rewrap: &mut RewrapFn<'_>) -> Result<usize>;
+    /// Deletes KEK `version`: refused while it is current or any row uses it.
+    /// Then erases it from the WAL and the file (VACUUM).
+    fn destroy_kek(&self, version: u32, events: &[AuditEvent]) -> Result<()>;
+    /// Replaces the sealed keyring (rekey) in one transaction.
+    fn replace_keyring(&self, records: &KeyringRecords, events: &[AuditEvent]) -> Result<()>;
+    /// Rebuilds the file so no deleted content lingers in free pages.
+    fn vacuum(&self) -> Result<()>;
+    /// Copies the live database to `dest` with SQLite's online backup.
+    fn backup(&self, dest: &std::path::Path) -> Result<()>;
 }

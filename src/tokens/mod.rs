@@ -25,7 +25,8 @@ pub use usage::{UsageBatch, UsageStats, UsageTracker};
 
 use crate::{
     audit::{Actor, AuditQueue, Outcome, micros},
-    crypto::{Keyring, TokenUid},
+    crypto::TokenUid,
+    keys::KeyringHandle,
     error::{Error, Result, Violation},
     store::TokenStore,
 };
@@ -167,7 +168,7 @@ impl Default for UsageSettings {
 #[derive(Clone)]
 pub struct Tokens {
     store: Arc<dyn TokenStore>,
-    keyring: Arc<Keyring>,
+    keyring: Arc<KeyringHandle>,
     usage: Arc<UsageTracker>,
     audit: Arc<AuditQueue>,
     recent_window: Duration,
@@ -175,7 +176,7 @@ pub struct Tokens {
 
 impl Tokens {
     /// Operations over `store`, sealing with `keyring`.
-    pub fn new(store: Arc<dyn TokenStore>, keyring: Arc<Keyring>, settings: UsageSettings) -> Self {
+    pub fn new(store: Arc<dyn TokenStore>, keyring: Arc<KeyringHandle>, settings: UsageSettings) -> Self {
         Self {
             store,
             keyring,
@@ -250,7 +251,7 @@ impl Tokens {
         );
         let (store, keyring) = (self.store.clone(), self.keyring.clone());
         blocking(move || {
-            let sealed = keyring.seal_value(
+            let sealed = keyring.current().seal_value(
                 record.name.tenant.as_str(),
                 &record.uid,
                 value.expose().as_bytes(),
@@ -492,7 +493,7 @@ impl Tokens {
                     violations: Vec::new(),
                 });
             }
-            let mut plain = keyring.open_value(name.tenant.as_str(), &token.uid, &token.sealed)?;
+            let mut plain = keyring.current().open_value(name.tenant.as_str(), &token.uid, &token.sealed)?;
             // Values are stored as UTF-8 text; `from_utf8` takes the buffer
             // without copying it, and SecretValue zeroizes it from here on.
             let text = String::from_utf8(std::mem::take(&mut *plain)).map_err(|e| {

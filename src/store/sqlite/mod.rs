@@ -18,7 +18,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 pub use audit::{AuditVerdict, verify_audit_file};
 
 use super::{
-    AuditFilter, BindingRecord, RemovalContext, RemoveFn, SealedToken, TokenStore, UpdateFn,
+    AuditFilter, BindingRecord, RemovalContext, RemoveFn, RewrapFn, SealedToken, TokenStore, UpdateFn,
     schema::MIGRATIONS,
 };
 use crate::{
@@ -341,6 +341,121 @@ impl TokenStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<AuditRecord>> {
         audit::list(&self.reader(), filter, after_seq, limit)
+    }
+
+    fn kek_usage(&self) -> Result<Vec<(u32, i64)>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare(
+            "SELECT k.version, (SELECT count(*) FROM tokens t WHERE t.kek_version = k.version)
+             FROM keks k ORDER BY k.version",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn add_kek(&self, version: u32, sealed: &[u8], events: &[AuditEvent]) -> Result<()> {
+        self.write(|tx| {
+            tx.execute("INSERT INTO keks (version, sealed) VALUES (?1, ?2)", params![version, sealed])?;
+            tx.execute("UPDATE keyring SET current_version = ?1 WHERE id = 1", params![version])?;
+            Ok(((), events.to_vec()))
+        })
+    }
+
+    fn rewrap_batch(&self, current: u32, limit: usize, rewrap: &mut RewrapFn<'_>) -> Result<usize> {
+        self.write(|tx| {
+            let rows: Vec<(i64, String, Vec<u8>, u32, Vec<u8>)> = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT seq, tenant, uid, kek_version, wrapped_data_key FROM tokens
+                     WHERE kek_version != ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                let rows = stmt.query_map(params![current, limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let mut update = tx.prepare_cached(
+                "UPDATE tokens SET kek_version = ?2, wrapped_data_key = ?3
+                 WHERE seq = ?1 AND kek_version = ?4",
+            )?;
+            for (seq, tenant, uid, from, wrapped) in &rows {
+                let uid = TokenUid::from_slice(uid).ok_or(Error::DataLoss)?;
+                let rewrapped = rewrap(tenant, &uid, *from, wrapped)?;
+                update.execute(params![seq, current, rewrapped, from])?;
+            }
+            Ok((rows.len(), Vec::new()))
+        })
+    }
+
+    fn destroy_kek(&self, version: u32, events: &[AuditEvent]) -> Result<()> {
+        self.write(|tx| {
+            let current: u32 =
+                tx.query_row("SELECT current_version FROM keyring WHERE id = 1", [], |r| r.get(0))?;
+            let used: i64 = tx.query_row(
+                "SELECT count(*) FROM tokens WHERE kek_version = ?1",
+                params![version],
+                |r| r.get(0),
+            )?;
+            if version == current || used > 0 {
+                return Err(Error::FailedPrecondition {
+                    reason: "KEK_IN_USE",
+                    message: "this KEK version is current or still wraps data keys; \
+                              rotate and wait for the re-wrap job",
+                    violations: Vec::new(),
+                });
+            }
+            tx.execute("DELETE FROM keks WHERE version = ?1", params![version])?;
+            Ok(((), events.to_vec()))
+        })?;
+        self.vacuum()
+    }
+
+    fn replace_keyring(&self, records: &KeyringRecords, events: &[AuditEvent]) -> Result<()> {
+        let kdf = records.kdf.as_ref();
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE keyring SET key_check = ?1, current_version = ?2,
+                        kdf_salt = ?3, kdf_m_kib = ?4, kdf_t = ?5, kdf_p = ?6 WHERE id = 1",
+                params![
+                    records.key_check,
+                    records.current_version,
+                    kdf.map(|k| &k.salt),
+                    kdf.map(|k| k.m_kib),
+                    kdf.map(|k| k.t),
+                    kdf.map(|k| k.p),
+                ],
+            )?;
+            for (version, sealed) in &records.sealed_keks {
+                let changed = tx.execute(
+                    "UPDATE keks SET sealed = ?2 WHERE version = ?1",
+                    params![version, sealed],
+                )?;
+                if changed != 1 {
+                    return Err(Error::Internal(format!("KEK version {version} vanished during rekey")));
+                }
+            }
+            Ok(((), events.to_vec()))
+        })?;
+        self.truncate_wal()
+    }
+
+    fn vacuum(&self) -> Result<()> {
+        let conn = self.writer();
+        conn.execute_batch("VACUUM")?;
+        drop(conn);
+        self.truncate_wal()
+    }
+
+    fn backup(&self, dest: &Path) -> Result<()> {
+        create_private_file(dest)?;
+        let mut target = Connection::open(dest)?;
+        let source = self.reader();
+        let backup = rusqlite::backup::Backup::new(&source, &mut target)?;
+        // Small steps with pauses let the server's writers interleave.
+        backup.run_to_completion(256, Duration::from_millis(5), None)?;
+        drop(backup);
+        drop(source);
+        target.execute_batch("PRAGMA journal_mode = DELETE;")?;
+        Ok(())
     }
 }
 

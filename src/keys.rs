@@ -1,0 +1,207 @@
+//! Key lifecycle: rotation with a resumable re-wrap job, destruction of
+//! old KEK versions, rekey, and the status of all of it.
+//!
+//! - **Rotate** adds a KEK version, sealed under the root key, and makes it
+//!   current at once; the re-wrap job then moves every data key to it in
+//!   small transactions while the server serves. The job keeps no state of
+//!   its own: "rows not under the current version" is the job, so it resumes
+//!   after a crash (or `kill -9`) exactly where it stopped, in the server or
+//!   in `aitokens keys rotate`, and two runners never conflict (each update is
+//!   conditional on the version it read).
+//! - **Destroy-old** deletes KEK versions no row references, then VACUUMs.
+//! - **Rekey** re-seals only the keyring under a new root key, in one
+//!   transaction: interrupted anywhere, the database opens with exactly one
+//!   of the two root keys.
+//!
+//! A server notices a rotation or rekey made by another process (the CLI)
+//! through [`Keys::reload_if_changed`], which it calls on every flush tick.
+
+use std::sync::{Arc, RwLock};
+
+use crate::{
+    audit::AuditEvent,
+    crypto::{KdfParams, Keyring, KeyringRecords, RootKey},
+    error::{Error, Result},
+    store::TokenStore,
+};
+
+/// Data keys re-wrapped per transaction.
+pub const REWRAP_BATCH: usize = 256;
+
+/// The unsealed keyring in force, and the root key that seals new KEKs.
+pub struct KeyringHandle {
+    root: RwLock<Arc<RootKey>>,
+    keyring: RwLock<Arc<Keyring>>,
+}
+
+impl KeyringHandle {
+    /// Holds `keyring`, unsealed with `root`.
+    pub fn new(root: RootKey, keyring: Keyring) -> Self {
+        Self {
+            root: RwLock::new(Arc::new(root)),
+            keyring: RwLock::new(Arc::new(keyring)),
+        }
+    }
+
+    /// The keyring in force now.
+    pub fn current(&self) -> Arc<Keyring> {
+        self.keyring.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn root(&self) -> Arc<RootKey> {
+        self.root.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn replace(&self, keyring: Keyring) {
+        *self.keyring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keyring);
+    }
+}
+
+impl std::fmt::Debug for KeyringHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyringHandle")
+            .field("current_version", &self.current().current_version())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the keys stand.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyStatus {
+    /// The version that wraps new data keys.
+    pub current_version: u32,
+    /// Every stored version and how many data keys it wraps.
+    pub versions: Vec<(u32, i64)>,
+}
+
+impl KeyStatus {
+    /// Data keys still to re-wrap.
+    pub fn pending(&self) -> i64 {
+        self.versions
+            .iter()
+            .filter(|(v, _)| *v != self.current_version)
+            .map(|(_, rows)| rows)
+            .sum()
+    }
+
+    /// Versions that could be destroyed now.
+    pub fn destroyable(&self) -> Vec<u32> {
+        self.versions
+            .iter()
+            .filter(|(v, rows)| *v != self.current_version && *rows == 0)
+            .map(|(v, _)| *v)
+            .collect()
+    }
+}
+
+/// Key lifecycle operations over a store. All of them block.
+#[derive(Clone)]
+pub struct Keys {
+    store: Arc<dyn TokenStore>,
+    handle: Arc<KeyringHandle>,
+}
+
+impl Keys {
+    /// Operations on `store`'s keyring, unsealed in `handle`.
+    pub fn new(store: Arc<dyn TokenStore>, handle: Arc<KeyringHandle>) -> Self {
+        Self { store, handle }
+    }
+
+    /// The shared keyring handle.
+    pub fn handle(&self) -> &Arc<KeyringHandle> {
+        &self.handle
+    }
+
+    fn records(&self) -> Result<KeyringRecords> {
+        self.store
+            .keyring()?
+            .ok_or_else(|| Error::Startup("the database has no keyring (run aitokens init)".into()))
+    }
+
+    /// Current version and rows per version.
+    pub fn status(&self) -> Result<KeyStatus> {
+        Ok(KeyStatus {
+            current_version: self.records()?.current_version,
+            versions: self.store.kek_usage()?,
+        })
+    }
+
+    /// Adds a KEK version and makes it current; returns it. New data keys
+    /// use it at once; [`Keys::rewrap_step`] moves the existing ones.
+    pub fn rotate(&self, events: &[AuditEvent]) -> Result<u32> {
+        let records = self.records()?;
+        let (version, sealed) = self.handle.current().new_kek(&self.handle.root(), &records.deployment_id)?;
+        self.store.add_kek(version, &sealed, events)?;
+        self.reload()?;
+        tracing::info!(version, "KEK rotated; re-wrapping data keys");
+        Ok(version)
+    }
+
+    /// Re-wraps up to one batch of data keys; returns how many moved.
+    pub fn rewrap_step(&self) -> Result<usize> {
+        let keyring = self.handle.current();
+        let current = keyring.current_version();
+        self.store.rewrap_batch(current, REWRAP_BATCH, &mut |tenant, uid, from, wrapped| {
+            keyring.rewrap(tenant, uid, from, wrapped)
+        })
+    }
+
+    /// Destroys every KEK version no data key uses; returns them.
+    pub fn destroy_old(&self, events: &[AuditEvent]) -> Result<Vec<u32>> {
+        let status = self.status()?;
+        if status.pending() > 0 {
+            return Err(Error::FailedPrecondition {
+                reason: "REWRAP_PENDING",
+                message: "old KEK versions still wrap data keys; wait for the re-wrap job (aitokens keys status)",
+                violations: Vec::new(),
+            });
+        }
+        let doomed = status.destroyable();
+        for version in &doomed {
+            self.store.destroy_kek(*version, events)?;
+        }
+        self.reload()?;
+        Ok(doomed)
+    }
+
+    /// Re-seals the keyring under a new root key (and, for a passphrase, new
+    /// Argon2id parameters) in one transaction.
+    pub fn rekey(&self, new_root: RootKey, kdf: Option<KdfParams>, events: &[AuditEvent]) -> Result<()> {
+        let records = self.records()?;
+        let resealed = self.handle.current().resealed(&new_root, &records, kdf)?;
+        self.store.replace_keyring(&resealed, events)?;
+        *self.handle.root.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new_root);
+        Ok(())
+    }
+
+    /// Rebuilds the database file without free pages (erasure of deleted rows).
+    pub fn vacuum(&self) -> Result<()> {
+        self.store.vacuum()
+    }
+
+    /// Reloads the keyring if another process changed it (rotation, KEK
+    /// destruction, rekey); returns whether it did.
+    pub fn reload_if_changed(&self) -> Result<bool> {
+        let records = self.records()?;
+        let keyring = self.handle.current();
+        let stored: Vec<u32> = records.sealed_keks.iter().map(|(v, _)| *v).collect();
+        if records.current_version == keyring.current_version() && stored == keyring.versions() {
+            return Ok(false);
+        }
+        self.reload()?;
+        tracing::info!(current = records.current_version, "keyring reloaded");
+        Ok(true)
+    }
+
+    fn reload(&self) -> Result<()> {
+        let records = self.records()?;
+        let keyring = Keyring::open(&self.handle.root(), &records).map_err(|e| match e {
+            // The root key in memory no longer opens the stored keyring: it
+            // was rekeyed by another process. Keep serving with what we have.
+            Error::Startup(why) => Error::Internal(format!("keyring reload: {why}")),
+            other => other,
+        })?;
+        self.handle.replace(keyring);
+        Ok(())
+    }
+}
