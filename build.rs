@@ -12,9 +12,10 @@ const SECRET_MESSAGES: [&str; 2] = [
     "aitokens.v1.ResolveTokenResponse",
 ];
 
-const PROTOS: [&str; 3] = [
+const PROTOS: [&str; 4] = [
     "proto/aitokens/v1/token.proto",
     "proto/aitokens/v1/admin.proto",
+    "proto/aitokens/v1/keys.proto",
     "proto/aitokens/v1/resolver.proto",
 ];
 

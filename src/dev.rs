@@ -43,6 +43,9 @@ tenants = ["*"]
 identity = "spiffe://aitokens.dev/agent"
 tenants = ["*"]
 tokens = ["*"]
+
+[[key_admin]]
+identity = "spiffe://aitokens.dev/admin"
 "#;
 
 /// What `prepare` found and made.

@@ -45,7 +45,10 @@ impl KeyringHandle {
 
     /// The keyring in force now.
     pub fn current(&self) -> Arc<Keyring> {
-        self.keyring.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.keyring
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn root(&self) -> Arc<RootKey> {
@@ -130,20 +133,25 @@ impl Keys {
     /// use it at once; [`Keys::rewrap_step`] moves the existing ones.
     pub fn rotate(&self, events: &[AuditEvent]) -> Result<u32> {
         let records = self.records()?;
-        let (version, sealed) = self.handle.current().new_kek(&self.handle.root(), &records.deployment_id)?;
+        let (version, sealed) = self
+            .handle
+            .current()
+            .new_kek(&self.handle.root(), &records.deployment_id)?;
         self.store.add_kek(version, &sealed, events)?;
         self.reload()?;
         tracing::info!(version, "KEK rotated; re-wrapping data keys");
         Ok(version)
     }
 
-    /// Re-wraps up to one batch of data keys; returns how many moved.
-    pub fn rewrap_step(&self) -> Result<usize> {
+    /// Re-wraps up to `batch` data keys in one transaction; returns how
+    /// many moved (0 when the job is done).
+    pub fn rewrap_step(&self, batch: usize) -> Result<usize> {
         let keyring = self.handle.current();
         let current = keyring.current_version();
-        self.store.rewrap_batch(current, REWRAP_BATCH, &mut |tenant, uid, from, wrapped| {
-            keyring.rewrap(tenant, uid, from, wrapped)
-        })
+        self.store
+            .rewrap_batch(current, batch.max(1), &mut |tenant, uid, from, wrapped| {
+                keyring.rewrap(tenant, uid, from, wrapped)
+            })
     }
 
     /// Destroys every KEK version no data key uses; returns them.
@@ -166,7 +174,12 @@ impl Keys {
 
     /// Re-seals the keyring under a new root key (and, for a passphrase, new
     /// Argon2id parameters) in one transaction.
-    pub fn rekey(&self, new_root: RootKey, kdf: Option<KdfParams>, events: &[AuditEvent]) -> Result<()> {
+    pub fn rekey(
+        &self,
+        new_root: RootKey,
+        kdf: Option<KdfParams>,
+        events: &[AuditEvent],
+    ) -> Result<()> {
         let records = self.records()?;
         let resealed = self.handle.current().resealed(&new_root, &records, kdf)?;
         self.store.replace_keyring(&resealed, events)?;

@@ -33,6 +33,7 @@ pub mod dev;
 pub mod error;
 pub mod hardening;
 pub mod keys;
+pub mod ops;
 pub mod pki;
 pub mod server;
 pub mod store;

@@ -13,6 +13,7 @@ use aitokens::{
     crypto::{KeySource, Keyring, RootKey, new_deployment_id},
     dev::{self, DevSetup},
     hardening::harden_process,
+    ops,
     server::Server,
     store::{AuditVerdict, SqliteStore, TokenStore, verify_audit_file},
 };
@@ -68,10 +69,86 @@ enum Command {
         #[arg(long)]
         passphrase_stdin: bool,
     },
+    /// Key lifecycle: status, rotation, destruction of old versions, rekey.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Copy the database while the server serves (SQLite online backup).
+    /// Values stay encrypted; the root key is not in the copy.
+    Backup {
+        /// The server config file (names the database).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Where to write the backup (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Replace a database with a backup, after checking that the root key
+    /// opens it and every value in it. Stop the server first.
+    Restore {
+        /// The server config file (root key source; database unless --db).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        /// The database to replace (default: the config's).
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
     /// Inspect the audit trail.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// KEK versions, data keys per version, re-wrap job state.
+    Status {
+        /// The server config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Add a KEK version (new tokens use it at once) and re-wrap every data
+    /// key to it, with progress. Safe beside a running server; if
+    /// interrupted, run it again (or let the server finish) to resume.
+    Rotate {
+        /// The server config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only finish an interrupted re-wrap; do not add a version.
+        #[arg(long)]
+        resume: bool,
+        /// Data keys re-wrapped per transaction (smaller: shorter write locks).
+        #[arg(long, default_value_t = aitokens::keys::REWRAP_BATCH)]
+        batch_size: usize,
+    },
+    /// Destroy KEK versions no data key uses any more (crypto-shredding of
+    /// what was removed while they were current).
+    DestroyOld {
+        /// The server config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Change the root key: re-seal only the keyring, atomically. Stop the
+    /// server first, then point the config at the new key.
+    #[command(group(ArgGroup::new("new_root").required(true).args(["new_key_file", "new_passphrase_file", "new_passphrase_stdin"])))]
+    Rekey {
+        /// The server config file (its key source opens the keyring now).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// New key file (created, mode 0600, if absent).
+        #[arg(long)]
+        new_key_file: Option<PathBuf>,
+        /// File whose first line is the new passphrase.
+        #[arg(long)]
+        new_passphrase_file: Option<PathBuf>,
+        /// Read the new passphrase from standard input.
+        #[arg(long)]
+        new_passphrase_stdin: bool,
     },
 }
 
@@ -163,6 +240,23 @@ fn start(cli: Cli) -> Result<()> {
             };
             init(&db, source)
         }
+        Command::Keys { command } => {
+            harden_process(false).log();
+            keys(command)
+        }
+        Command::Backup { config, out } => ops::backup(&Config::load(&config)?, &out),
+        Command::Restore { config, from, db } => {
+            harden_process(false).log();
+            let config = Config::load(&config)?;
+            let db = db.unwrap_or_else(|| config.store.database.clone());
+            let count = ops::restore(&from, &db, &config.store.key_source()?)?;
+            println!(
+                "restored {} from {}: {count} tokens, every value opens",
+                db.display(),
+                from.display()
+            );
+            Ok(())
+        }
         Command::Audit {
             command: AuditCommand::Verify { db, config },
         } => {
@@ -184,6 +278,67 @@ fn start(cli: Cli) -> Result<()> {
                     db.display()
                 ))),
             }
+        }
+    }
+}
+
+fn keys(command: KeysCommand) -> Result<()> {
+    match command {
+        KeysCommand::Status { config } => {
+            let offline = ops::Offline::from_config(&Config::load(&config)?)?;
+            ops::print_status(&offline.keys.status()?);
+            Ok(())
+        }
+        KeysCommand::Rotate {
+            config,
+            resume,
+            batch_size,
+        } => {
+            let offline = ops::Offline::from_config(&Config::load(&config)?)?;
+            ops::print_status(&ops::rotate(&offline, resume, batch_size)?);
+            Ok(())
+        }
+        KeysCommand::DestroyOld { config } => {
+            let offline = ops::Offline::from_config(&Config::load(&config)?)?;
+            let event = ops::cli_event(
+                "aitokens keys destroy-old",
+                "keyring",
+                "old KEK versions destroyed".into(),
+            );
+            let destroyed = offline.keys.destroy_old(&[event])?;
+            println!("destroyed KEK versions {destroyed:?}");
+            ops::print_status(&offline.keys.status()?);
+            Ok(())
+        }
+        KeysCommand::Rekey {
+            config,
+            new_key_file,
+            new_passphrase_file,
+            new_passphrase_stdin,
+        } => {
+            let offline = ops::Offline::from_config(&Config::load(&config)?)?;
+            let new_source = match (new_key_file, new_passphrase_file) {
+                (Some(path), _) if !path.exists() => {
+                    RootKey::create_file(&path)?;
+                    println!("created new root key file {}", path.display());
+                    KeySource::File(path)
+                }
+                (Some(path), _) => KeySource::File(path),
+                (_, Some(path)) => KeySource::PassphraseFile(path),
+                _ if new_passphrase_stdin => KeySource::PassphraseStdin,
+                _ => return Err(Error::Startup("choose the new root key".into())),
+            };
+            let (root, kdf) = new_source.load()?.fresh()?;
+            let event = ops::cli_event(
+                "aitokens keys rekey",
+                "keyring",
+                format!("root key changed to {new_source:?}"),
+            );
+            offline.keys.rekey(root, kdf, &[event])?;
+            println!(
+                "keyring re-sealed under the new root key ({new_source:?}); update the config to use it"
+            );
+            Ok(())
         }
     }
 }

@@ -28,9 +28,10 @@ use tonic_health::server::HealthReporter;
 
 use crate::{
     api::{
-        AdminApi, MAX_REQUEST_BYTES, ResolverApi,
+        AdminApi, KeyAdminApi, MAX_REQUEST_BYTES, ResolverApi,
         pb::{
-            self, token_admin_server::TokenAdminServer, token_resolver_server::TokenResolverServer,
+            self, key_admin_server::KeyAdminServer, token_admin_server::TokenAdminServer,
+            token_resolver_server::TokenResolverServer,
         },
     },
     audit::JsonlSink,
@@ -38,9 +39,9 @@ use crate::{
     config::Config,
     crypto::{KeySource, Keyring},
     error::{Error, Result},
+    keys::{KeyringHandle, Keys, REWRAP_BATCH},
     store::{SqliteStore, TokenStore},
     tls::{self, TlsIncoming},
-    keys::{KeyringHandle, Keys},
     tokens::{Tokens, UsageSettings},
 };
 
@@ -152,7 +153,11 @@ impl Server {
             self.flush_interval,
             stop_rx.clone(),
         ));
-        let key_upkeep = tokio::spawn(maintain_keys(self.keys.clone(), self.flush_interval, stop_rx.clone()));
+        let key_upkeep = tokio::spawn(maintain_keys(
+            self.keys.clone(),
+            self.flush_interval,
+            stop_rx.clone(),
+        ));
         let reloader = tokio::spawn(reload_policy(
             self.policy.clone(),
             self.policy_path.clone(),
@@ -162,6 +167,11 @@ impl Server {
         let admin_api =
             TokenAdminServer::new(AdminApi::new(self.tokens.clone(), self.policy.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let key_admin_api = KeyAdminServer::new(KeyAdminApi::new(
+            self.keys.clone(),
+            self.policy.clone(),
+            self.tokens.audit_queue().clone(),
+        ));
         let resolver_api =
             TokenResolverServer::new(ResolverApi::new(self.tokens.clone(), self.policy))
                 .max_decoding_message_size(MAX_REQUEST_BYTES);
@@ -169,16 +179,17 @@ impl Server {
         let admin_server = builder()
             .add_service(admin_health_service)
             .add_service(
-                reflection("aitokens.v1.TokenAdmin")
+                reflection(&["aitokens.v1.TokenAdmin", "aitokens.v1.KeyAdmin"])
                     .build_v1()
                     .map_err(reflection_error)?,
             )
             .add_service(
-                reflection("aitokens.v1.TokenAdmin")
+                reflection(&["aitokens.v1.TokenAdmin", "aitokens.v1.KeyAdmin"])
                     .build_v1alpha()
                     .map_err(reflection_error)?,
             )
             .add_service(admin_api)
+            .add_service(key_admin_api)
             .serve_with_incoming_shutdown(
                 TlsIncoming::new(admin, self.admin_tls, "admin"),
                 stopped(stop_rx.clone(), admin_health.clone()),
@@ -186,12 +197,12 @@ impl Server {
         let internal_server = builder()
             .add_service(internal_health_service)
             .add_service(
-                reflection("aitokens.v1.TokenResolver")
+                reflection(&["aitokens.v1.TokenResolver"])
                     .build_v1()
                     .map_err(reflection_error)?,
             )
             .add_service(
-                reflection("aitokens.v1.TokenResolver")
+                reflection(&["aitokens.v1.TokenResolver"])
                     .build_v1alpha()
                     .map_err(reflection_error)?,
             )
@@ -237,12 +248,16 @@ fn builder() -> TonicServer {
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
 }
 
-/// Reflection for one aitokens service plus health and reflection itself.
-fn reflection(service: &str) -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
+/// Reflection for aitokens `services` plus health and reflection itself.
+fn reflection(services: &[&str]) -> tonic_reflection::server::Builder<'static> {
+    services
+        .iter()
+        .fold(
+            tonic_reflection::server::Builder::configure(),
+            |builder, service| builder.with_service_name(*service),
+        )
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name(service)
         .with_service_name("grpc.health.v1.Health")
         .with_service_name("grpc.reflection.v1.ServerReflection")
         .with_service_name("grpc.reflection.v1alpha.ServerReflection")
@@ -290,7 +305,7 @@ async fn maintain_keys(keys: Keys, interval: Duration, mut stop: watch::Receiver
             let started = std::time::Instant::now();
             let mut moved = 0;
             while started.elapsed() < REWRAP_SLICE {
-                match keys.rewrap_step()? {
+                match keys.rewrap_step(REWRAP_BATCH)? {
                     0 => break,
                     n => moved += n,
                 }

@@ -10,12 +10,14 @@
 
 mod activity;
 mod admin;
+mod keys;
 pub mod pb;
 mod resolver;
 
 use tonic::Request;
 
 pub use admin::AdminApi;
+pub use keys::KeyAdminApi;
 pub use resolver::ResolverApi;
 
 use crate::{

@@ -13,6 +13,9 @@
 //! bindings_only = true                          # and only tokens a binding names it for
 //! ```
 //!
+//! `[[key_admin]] identity = "..."` grants key rotation and retirement
+//! (the KeyAdmin service); being an admin of every tenant does not.
+//!
 //! A top-level `bindings_only = true` turns that mode on for every resolver:
 //! then knowing a token id grants nothing without a binding naming the caller.
 
@@ -40,6 +43,14 @@ struct PolicyFile {
     admin: Vec<AdminEntry>,
     #[serde(default)]
     resolver: Vec<ResolverEntry>,
+    #[serde(default)]
+    key_admin: Vec<KeyAdminEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyAdminEntry {
+    identity: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +117,7 @@ struct ResolverGrant {
 pub struct Policy {
     admins: HashMap<String, Tenants>,
     resolvers: HashMap<String, ResolverGrant>,
+    key_admins: std::collections::HashSet<String>,
 }
 
 /// An authorized caller: the policy identity that granted the request.
@@ -174,7 +186,27 @@ impl Policy {
                 )));
             }
         }
+        for entry in file.key_admin {
+            check_identity(&entry.identity)?;
+            if !policy.key_admins.insert(entry.identity.clone()) {
+                return Err(policy_error(format!(
+                    "{}: listed twice under [[key_admin]]",
+                    entry.identity
+                )));
+            }
+        }
         Ok(policy)
+    }
+
+    /// Allows `peer` to rotate and retire keys (the key-admin role), or denies.
+    pub fn authorize_key_admin(&self, peer: &PeerIdentity) -> Result<Caller> {
+        peer.policy_keys()
+            .find(|key| self.key_admins.contains(key))
+            .map(|identity| Caller {
+                identity,
+                require_binding: false,
+            })
+            .ok_or(Error::PermissionDenied)
     }
 
     /// Allows `peer` to administer `tenant`, or denies.

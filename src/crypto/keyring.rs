@@ -216,7 +216,9 @@ impl Keyring {
     pub fn new_kek(&self, root: &RootKey, deployment: &[u8]) -> Result<(u32, Vec<u8>)> {
         let version = self.keks.keys().next_back().copied().unwrap_or(0) + 1;
         let kek = SecretKey::generate()?;
-        let sealed = root.key().seal(&aad::kek(deployment, version), kek.expose())?;
+        let sealed = root
+            .key()
+            .seal(&aad::kek(deployment, version), kek.expose())?;
         Ok((version, sealed))
     }
 
@@ -232,11 +234,20 @@ impl Keyring {
         let sealed_keks = self
             .keks
             .iter()
-            .map(|(version, kek)| Ok((*version, new_root.key().seal(&aad::kek(deployment, *version), kek.expose())?)))
+            .map(|(version, kek)| {
+                Ok((
+                    *version,
+                    new_root
+                        .key()
+                        .seal(&aad::kek(deployment, *version), kek.expose())?,
+                ))
+            })
             .collect::<Result<_>>()?;
         Ok(KeyringRecords {
             deployment_id: deployment.clone(),
-            key_check: new_root.key().seal(&aad::key_check(deployment), KEY_CHECK)?,
+            key_check: new_root
+                .key()
+                .seal(&aad::key_check(deployment), KEY_CHECK)?,
             current_version: self.current_version,
             sealed_keks,
             kdf,
@@ -245,7 +256,13 @@ impl Keyring {
 
     /// Moves a data key from the KEK version that wraps it to the current
     /// one. Returns the new wrapped key.
-    pub fn rewrap(&self, tenant: &str, uid: &TokenUid, from_version: u32, wrapped: &[u8]) -> Result<Vec<u8>> {
+    pub fn rewrap(
+        &self,
+        tenant: &str,
+        uid: &TokenUid,
+        from_version: u32,
+        wrapped: &[u8],
+    ) -> Result<Vec<u8>> {
         let old = self.kek(from_version).map_err(|_| Error::DataLoss)?;
         let raw = old.open(&aad::data_key(tenant, uid, from_version), wrapped)?;
         let current = self.kek(self.current_version)?;

@@ -167,4 +167,11 @@ pub trait TokenStore: Send + Sync + 'static {
     fn vacuum(&self) -> Result<()>;
     /// Copies the live database to `dest` with SQLite's online backup.
     fn backup(&self, dest: &std::path::Path) -> Result<()>;
+    /// Up to `limit` tokens after sequence `after_seq`, every tenant, with
+    /// their sealed values (restore checks that each one opens).
+    fn scan_sealed(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, TokenName, SealedToken)>>;
 }

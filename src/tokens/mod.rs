@@ -26,8 +26,8 @@ pub use usage::{UsageBatch, UsageStats, UsageTracker};
 use crate::{
     audit::{Actor, AuditQueue, Outcome, micros},
     crypto::TokenUid,
-    keys::KeyringHandle,
     error::{Error, Result, Violation},
+    keys::KeyringHandle,
     store::TokenStore,
 };
 
@@ -176,7 +176,11 @@ pub struct Tokens {
 
 impl Tokens {
     /// Operations over `store`, sealing with `keyring`.
-    pub fn new(store: Arc<dyn TokenStore>, keyring: Arc<KeyringHandle>, settings: UsageSettings) -> Self {
+    pub fn new(
+        store: Arc<dyn TokenStore>,
+        keyring: Arc<KeyringHandle>,
+        settings: UsageSettings,
+    ) -> Self {
         Self {
             store,
             keyring,
@@ -188,7 +192,7 @@ impl Tokens {
 
     /// The queue for audit events that change nothing (decisions, reads);
     /// written by [`Tokens::flush`].
-    pub fn audit_queue(&self) -> &AuditQueue {
+    pub fn audit_queue(&self) -> &Arc<AuditQueue> {
         &self.audit
     }
 
@@ -493,7 +497,10 @@ impl Tokens {
                     violations: Vec::new(),
                 });
             }
-            let mut plain = keyring.current().open_value(name.tenant.as_str(), &token.uid, &token.sealed)?;
+            let mut plain =
+                keyring
+                    .current()
+                    .open_value(name.tenant.as_str(), &token.uid, &token.sealed)?;
             // Values are stored as UTF-8 text; `from_utf8` takes the buffer
             // without copying it, and SecretValue zeroizes it from here on.
             let text = String::from_utf8(std::mem::take(&mut *plain)).map_err(|e| {

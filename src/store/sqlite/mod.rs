@@ -18,8 +18,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 pub use audit::{AuditVerdict, verify_audit_file};
 
 use super::{
-    AuditFilter, BindingRecord, RemovalContext, RemoveFn, RewrapFn, SealedToken, TokenStore, UpdateFn,
-    schema::MIGRATIONS,
+    AuditFilter, BindingRecord, RemovalContext, RemoveFn, RewrapFn, SealedToken, TokenStore,
+    UpdateFn, schema::MIGRATIONS,
 };
 use crate::{
     audit::{AuditEvent, AuditRecord, JsonlSink},
@@ -355,8 +355,14 @@ impl TokenStore for SqliteStore {
 
     fn add_kek(&self, version: u32, sealed: &[u8], events: &[AuditEvent]) -> Result<()> {
         self.write(|tx| {
-            tx.execute("INSERT INTO keks (version, sealed) VALUES (?1, ?2)", params![version, sealed])?;
-            tx.execute("UPDATE keyring SET current_version = ?1 WHERE id = 1", params![version])?;
+            tx.execute(
+                "INSERT INTO keks (version, sealed) VALUES (?1, ?2)",
+                params![version, sealed],
+            )?;
+            tx.execute(
+                "UPDATE keyring SET current_version = ?1 WHERE id = 1",
+                params![version],
+            )?;
             Ok(((), events.to_vec()))
         })
     }
@@ -388,8 +394,11 @@ impl TokenStore for SqliteStore {
 
     fn destroy_kek(&self, version: u32, events: &[AuditEvent]) -> Result<()> {
         self.write(|tx| {
-            let current: u32 =
-                tx.query_row("SELECT current_version FROM keyring WHERE id = 1", [], |r| r.get(0))?;
+            let current: u32 = tx.query_row(
+                "SELECT current_version FROM keyring WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )?;
             let used: i64 = tx.query_row(
                 "SELECT count(*) FROM tokens WHERE kek_version = ?1",
                 params![version],
@@ -430,7 +439,9 @@ impl TokenStore for SqliteStore {
                     params![version, sealed],
                 )?;
                 if changed != 1 {
-                    return Err(Error::Internal(format!("KEK version {version} vanished during rekey")));
+                    return Err(Error::Internal(format!(
+                        "KEK version {version} vanished during rekey"
+                    )));
                 }
             }
             Ok(((), events.to_vec()))
@@ -456,6 +467,14 @@ impl TokenStore for SqliteStore {
         drop(source);
         target.execute_batch("PRAGMA journal_mode = DELETE;")?;
         Ok(())
+    }
+
+    fn scan_sealed(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, TokenName, SealedToken)>> {
+        tokens::scan_sealed(&self.reader(), after_seq, limit)
     }
 }
 

@@ -220,3 +220,49 @@ pub(super) fn unique_violation(e: rusqlite::Error, what: &'static str) -> Error 
         _ => e.into(),
     }
 }
+
+pub(super) fn scan_sealed(
+    conn: &Connection,
+    after_seq: i64,
+    limit: usize,
+) -> Result<Vec<(i64, TokenName, SealedToken)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, tenant, token_id, uid, disabled, replaced_by_uid IS NOT NULL, kek_version,
+                wrapped_data_key, value_ciphertext
+         FROM tokens WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after_seq, limit as i64], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Vec<u8>>(3)?,
+            r.get::<_, bool>(4)?,
+            r.get::<_, bool>(5)?,
+            SealedValue {
+                kek_version: r.get(6)?,
+                wrapped_data_key: r.get(7)?,
+                value_ciphertext: r.get(8)?,
+            },
+        ))
+    })?;
+    rows.map(|row| {
+        let (seq, tenant, token_id, uid, disabled, replaced, sealed) = row?;
+        let name = TokenName {
+            tenant: TenantId::new(&tenant, "tenant").map_err(|_| Error::DataLoss)?,
+            token_id: TokenId::new(&token_id, "token_id").map_err(|_| Error::DataLoss)?,
+        };
+        let uid = TokenUid::from_slice(&uid).ok_or(Error::DataLoss)?;
+        Ok((
+            seq,
+            name,
+            SealedToken {
+                uid,
+                disabled,
+                replaced,
+                sealed,
+            },
+        ))
+    })
+    .collect()
+}
