@@ -369,7 +369,9 @@ impl TokenStore for SqliteStore {
 
     fn rewrap_batch(&self, current: u32, limit: usize, rewrap: &mut RewrapFn<'_>) -> Result<usize> {
         self.write(|tx| {
-            let rows: Vec<(i64, String, Vec<u8>, u32, Vec<u8>)> = {
+            // (seq, tenant, uid, KEK version, wrapped data key)
+            type Row = (i64, String, Vec<u8>, u32, Vec<u8>);
+            let rows: Vec<Row> = {
                 let mut stmt = tx.prepare_cached(
                     "SELECT seq, tenant, uid, kek_version, wrapped_data_key FROM tokens
                      WHERE kek_version != ?1 ORDER BY seq LIMIT ?2",
