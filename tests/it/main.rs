@@ -9,5 +9,6 @@ mod common;
 mod keys;
 mod lifecycle;
 mod mtls;
+mod rotation;
 mod store;
 mod validation;
