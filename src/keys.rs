@@ -132,6 +132,10 @@ impl Keys {
     /// Adds a KEK version and makes it current; returns it. New data keys
     /// use it at once; [`Keys::rewrap_step`] moves the existing ones.
     pub fn rotate(&self, events: &[AuditEvent]) -> Result<u32> {
+        // Refuse if the stored keyring is no longer sealed under the root key
+        // held here (rekeyed by another process): a KEK sealed under a stale
+        // root key would be unreadable later.
+        self.reload()?;
         let records = self.records()?;
         let (version, sealed) = self
             .handle

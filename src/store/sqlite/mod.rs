@@ -13,7 +13,9 @@ use std::{
     time::Duration,
 };
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
+};
 
 pub use audit::{AuditVerdict, verify_audit_file};
 
@@ -129,7 +131,10 @@ impl SqliteStore {
         work: impl FnOnce(&Transaction<'_>) -> Result<(T, Vec<AuditEvent>)>,
     ) -> Result<T> {
         let mut conn = self.writer();
-        let tx = conn.transaction()?;
+        // IMMEDIATE: take the write lock before the first read, so a
+        // read-then-write (the audit head, an etag check) cannot be raced by
+        // another process sharing the file (the CLI beside a server).
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (value, events) = work(&tx)?;
         let records = audit::append(&tx, &events)?;
         tx.commit()?;
