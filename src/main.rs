@@ -445,7 +445,7 @@ fn print_dev_banner(
         .local_addr()
         .unwrap_or(setup.config.internal.listen);
     let d = dir.display();
-    println!(
+    let banner = format!(
         r#"
 aitokens dev is running. Data folder: {d}
   admin    listener (aitokens.v1.TokenAdmin)     {admin}     client cert {d}/admin.pem
@@ -467,4 +467,6 @@ Try it with grpcurl from another shell in this directory:
     -d '{{"name": "tenants/acme/tokens/openai-prod"}}' {internal} aitokens.v1.TokenResolver/ResolveToken
 "#
     );
+    // One write, and no panic if whoever started us stopped reading.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), banner.as_bytes());
 }

@@ -94,6 +94,27 @@ impl AdminApi {
     }
 }
 
+impl AdminApi {
+    /// DisableToken and EnableToken: the kill switch.
+    async fn set_disabled<T>(
+        &self,
+        request: &Request<T>,
+        method: &'static str,
+        name: &str,
+        etag: Option<String>,
+        disabled: bool,
+    ) -> Result<Response<Token>, Status> {
+        let name = TokenName::parse(name, "name")?;
+        let resource = name.to_string();
+        let actor = self.authorize(request, method, &name.tenant, &resource)?;
+        let tenant = name.tenant.clone();
+        let changed = self.tokens.set_disabled(&actor, name, disabled, etag).await;
+        let record = self.finish(&actor, &tenant, &resource, changed)?;
+        tracing::warn!(caller = %actor.identity, %resource, disabled, "token kill switch changed");
+        Ok(Response::new(record.into()))
+    }
+}
+
 const CREATE: &str = "aitokens.v1.TokenAdmin/CreateToken";
 const GET: &str = "aitokens.v1.TokenAdmin/GetToken";
 const LIST: &str = "aitokens.v1.TokenAdmin/ListTokens";
@@ -235,19 +256,12 @@ impl token_admin_server::TokenAdmin for AdminApi {
         &self,
         request: Request<DisableTokenRequest>,
     ) -> Result<Response<Token>, Status> {
-        let name = TokenName::parse(&request.get_ref().name, "name")?;
-        let resource = name.to_string();
-        let actor = self.authorize(&request, DISABLE, &name.tenant, &resource)?;
-        let tenant = name.tenant.clone();
-        let etag = request.into_inner().etag;
-        let record = self.finish(
-            &actor,
-            &tenant,
-            &resource,
-            self.tokens.set_disabled(&actor, name, true, etag).await,
-        )?;
-        tracing::warn!(caller = %actor.identity, %resource, "token disabled");
-        Ok(Response::new(record.into()))
+        let (name, etag) = (
+            request.get_ref().name.clone(),
+            request.get_ref().etag.clone(),
+        );
+        self.set_disabled(&request, DISABLE, &name, etag, true)
+            .await
     }
 
     #[tracing::instrument(name = "EnableToken", skip_all)]
@@ -255,19 +269,12 @@ impl token_admin_server::TokenAdmin for AdminApi {
         &self,
         request: Request<EnableTokenRequest>,
     ) -> Result<Response<Token>, Status> {
-        let name = TokenName::parse(&request.get_ref().name, "name")?;
-        let resource = name.to_string();
-        let actor = self.authorize(&request, ENABLE, &name.tenant, &resource)?;
-        let tenant = name.tenant.clone();
-        let etag = request.into_inner().etag;
-        let record = self.finish(
-            &actor,
-            &tenant,
-            &resource,
-            self.tokens.set_disabled(&actor, name, false, etag).await,
-        )?;
-        tracing::info!(caller = %actor.identity, %resource, "token enabled");
-        Ok(Response::new(record.into()))
+        let (name, etag) = (
+            request.get_ref().name.clone(),
+            request.get_ref().etag.clone(),
+        );
+        self.set_disabled(&request, ENABLE, &name, etag, false)
+            .await
     }
 
     async fn list_token_usages(

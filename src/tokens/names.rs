@@ -22,20 +22,51 @@ fn is_valid_id(id: &str) -> bool {
             .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
 }
 
-/// A tenant id.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TenantId(String);
+/// Defines an id newtype that only holds text following [`ID_RULE`].
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates an id given in request field `field`.
+            pub fn new(id: &str, field: &'static str) -> Result<Self> {
+                if is_valid_id(id) {
+                    Ok(Self(id.to_owned()))
+                } else {
+                    Err(Error::invalid(field, ID_RULE))
+                }
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A tenant id.
+    TenantId
+);
+id_type!(
+    /// A token id, unique within its tenant.
+    TokenId
+);
+id_type!(
+    /// A binding id: the stable id of a consumer of a token.
+    BindingId
+);
 
 impl TenantId {
-    /// Validates a bare tenant id.
-    pub fn new(id: &str, field: &'static str) -> Result<Self> {
-        if is_valid_id(id) {
-            Ok(Self(id.to_owned()))
-        } else {
-            Err(Error::invalid(field, ID_RULE))
-        }
-    }
-
     /// Parses a parent resource name, `tenants/{tenant}`, from request field `field`.
     pub fn from_parent(parent: &str, field: &'static str) -> Result<Self> {
         match parent.strip_prefix("tenants/") {
@@ -45,63 +76,6 @@ impl TenantId {
                 "must be tenants/{tenant} with tenant matching [a-z][a-z0-9-]{0,62}",
             )),
         }
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for TenantId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A token id, unique within its tenant.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TokenId(String);
-
-impl TokenId {
-    /// Validates a token id given in request field `field`.
-    pub fn new(id: &str, field: &'static str) -> Result<Self> {
-        if is_valid_id(id) {
-            Ok(Self(id.to_owned()))
-        } else {
-            Err(Error::invalid(field, ID_RULE))
-        }
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for TokenId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A binding id: the stable id of a consumer of a token.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BindingId(String);
-
-impl BindingId {
-    /// Validates a binding id given in request field `field`.
-    pub fn new(id: &str, field: &'static str) -> Result<Self> {
-        if is_valid_id(id) {
-            Ok(Self(id.to_owned()))
-        } else {
-            Err(Error::invalid(field, ID_RULE))
-        }
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 }
 
