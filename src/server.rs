@@ -179,10 +179,15 @@ fn builder() -> TonicServer {
 }
 
 /// Reflection for one aitokens service plus health and reflection itself.
+///
+/// The `google.rpc` descriptors (from tonic-types, the crate that builds our
+/// error details) let grpcurl and other reflection clients decode ErrorInfo,
+/// BadRequest and PreconditionFailure details instead of showing raw bytes.
 fn reflection(service: &str) -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .with_service_name(service)
         .with_service_name("grpc.health.v1.Health")
         .with_service_name("grpc.reflection.v1.ServerReflection")
