@@ -20,10 +20,13 @@
 //! Data flows one way: [`api`] (transport) -> [`auth`] -> [`tokens`] (domain)
 //! -> [`crypto`] / [`store`]. [`error`] holds the one error type and its one
 //! mapping to gRPC statuses. [`server`] wires two tonic servers over one
-//! domain handle; [`dev`] and [`pki`] make the embedded default.
+//! domain handle; [`dev`] and [`pki`] make the embedded default. [`cli`] is
+//! the `aitokens` command line: the server commands and a gRPC client
+//! (`aitokens token ...`) that uses only the public contract.
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod dev;

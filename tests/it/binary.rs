@@ -17,16 +17,16 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::{admin::contains, common::create_request};
 
-struct Dev {
+pub struct Dev {
     child: Child,
     /// Drains stderr while the server runs (a full pipe would block it).
     stderr: std::thread::JoinHandle<String>,
-    admin: SocketAddr,
-    internal: SocketAddr,
+    pub admin: SocketAddr,
+    pub internal: SocketAddr,
 }
 
 /// Starts `aitokens dev` on ephemeral ports and reads the addresses it prints.
-fn start_dev(dir: &std::path::Path) -> Dev {
+pub fn start_dev(dir: &std::path::Path) -> Dev {
     let mut child = Command::new(env!("CARGO_BIN_EXE_aitokens"))
         .args(["dev", "--dir"])
         .arg(dir)
@@ -90,7 +90,7 @@ async fn channel(dir: &std::path::Path, addr: SocketAddr, who: &str) -> Channel 
 }
 
 /// Sends SIGTERM and waits (bounded) for a clean exit; returns stderr.
-async fn stop(mut dev: Dev) -> String {
+pub async fn stop(mut dev: Dev) -> String {
     let status = Command::new("kill")
         .args(["-TERM", &dev.child.id().to_string()])
         .status()

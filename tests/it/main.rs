@@ -4,6 +4,7 @@
 
 mod admin;
 mod binary;
+mod cli;
 mod common;
 mod mtls;
 mod store;
