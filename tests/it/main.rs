@@ -7,5 +7,6 @@ mod binary;
 mod cli;
 mod common;
 mod mtls;
+mod readme;
 mod store;
 mod validation;
