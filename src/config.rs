@@ -18,6 +18,9 @@
 //! [store]
 //! database = "aitokens.db"
 //! master_key_file = "master.key"
+//!
+//! [metrics]                  # optional: plain-HTTP /metrics, /healthz, /readyz
+//! listen = "127.0.0.1:9090"
 //! ```
 //!
 //! Relative paths are relative to the directory of the config file. The file
@@ -44,6 +47,18 @@ pub struct Config {
     pub internal: ListenerConfig,
     /// Database and root key.
     pub store: StoreConfig,
+    /// The observability listener; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// The plain-HTTP observability listener (`/metrics`, `/healthz`, `/readyz`).
+/// It serves no token data; bind it where only monitoring reaches it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address to bind.
+    pub listen: SocketAddr,
 }
 
 /// One TLS listener. Clients must present a certificate that chains to `client_ca`.

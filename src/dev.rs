@@ -11,7 +11,7 @@ use std::{
 };
 
 use crate::{
-    config::{Config, ListenerConfig, StoreConfig},
+    config::{Config, ListenerConfig, MetricsConfig, StoreConfig},
     crypto::RootKey,
     error::{Error, Result},
     pki::Ca,
@@ -54,8 +54,14 @@ pub struct DevSetup {
     pub created: Vec<PathBuf>,
 }
 
-/// Makes sure `dir` holds everything `aitokens dev` needs and returns the config.
-pub fn prepare(dir: &Path, admin: SocketAddr, internal: SocketAddr) -> Result<DevSetup> {
+/// Makes sure `dir` holds everything `aitokens dev` needs and returns the
+/// config (with an observability listener on `metrics`, if given).
+pub fn prepare(
+    dir: &Path,
+    admin: SocketAddr,
+    internal: SocketAddr,
+    metrics: Option<SocketAddr>,
+) -> Result<DevSetup> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -92,6 +98,7 @@ pub fn prepare(dir: &Path, admin: SocketAddr, internal: SocketAddr) -> Result<De
             database: "aitokens.db".into(),
             master_key_file: "master.key".into(),
         },
+        metrics: metrics.map(|listen| MetricsConfig { listen }),
     };
     let text = toml::to_string(&config).map_err(|e| Error::Internal(format!("config: {e}")))?;
     let config_path = dir.join("config.toml");

@@ -34,6 +34,7 @@ pub mod error;
 pub mod pki;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod tokens;
 

@@ -15,6 +15,7 @@ use rustls::ServerConfig;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::Server as TonicServer;
 use tonic_health::server::HealthReporter;
+use tower::layer::util::{Identity, Stack};
 
 use crate::{
     api::{
@@ -28,6 +29,7 @@ use crate::{
     crypto::{Keyring, RootKey},
     error::{Error, Result},
     store::{SqliteStore, TokenStore},
+    telemetry::{GrpcLayer, Telemetry},
     tls::{self, TlsIncoming},
     tokens::Tokens,
 };
@@ -44,6 +46,7 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 /// A server that passed every start-up check and is ready to listen.
 pub struct Server {
+    telemetry: Telemetry,
     tokens: Tokens,
     policy: Arc<PolicyHandle>,
     admin_tls: Arc<ServerConfig>,
@@ -54,13 +57,24 @@ impl Server {
     /// Loads and checks everything `config` names. Blocking work (key
     /// derivation, SQLite) runs on the blocking pool.
     pub async fn open(config: &Config) -> Result<Self> {
+        Self::open_with(config, Telemetry::new()).await
+    }
+
+    /// Like [`Server::open`], recording metrics and readiness into
+    /// `telemetry` (which an already running `/readyz` may be reporting).
+    pub async fn open_with(config: &Config, telemetry: Telemetry) -> Result<Self> {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || Self::open_blocking(&config))
+        tokio::task::spawn_blocking(move || Self::open_blocking(&config, telemetry))
             .await
             .map_err(|e| Error::Internal(format!("start-up task failed: {e}")))?
     }
 
-    fn open_blocking(config: &Config) -> Result<Self> {
+    /// The metrics and readiness of this server.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    fn open_blocking(config: &Config, telemetry: Telemetry) -> Result<Self> {
         let policy = Policy::load(&config.policy)?;
         let admin_tls = tls::server_config(&config.admin)?;
         let internal_tls = tls::server_config(&config.internal)?;
@@ -77,7 +91,9 @@ impl Server {
         };
         drop(root);
         let tokens = Tokens::new(Arc::new(store), Arc::new(keyring));
+        telemetry.set_token_source(tokens.clone());
         Ok(Self {
+            telemetry,
             tokens,
             policy: Arc::new(PolicyHandle::new(policy)),
             admin_tls,
@@ -114,7 +130,8 @@ impl Server {
         let resolver_api = TokenResolverServer::new(ResolverApi::new(self.tokens, self.policy))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
 
-        let admin_server = builder()
+        let layer = GrpcLayer::new(self.telemetry.clone());
+        let admin_server = builder(layer.clone())
             .add_service(admin_health_service)
             .add_service(
                 reflection("aitokens.v1.TokenAdmin")
@@ -129,9 +146,13 @@ impl Server {
             .add_service(admin_api)
             .serve_with_incoming_shutdown(
                 TlsIncoming::new(admin, self.admin_tls, "admin"),
-                stopped(stop_rx.clone(), admin_health.clone()),
+                stopped(
+                    stop_rx.clone(),
+                    admin_health.clone(),
+                    self.telemetry.clone(),
+                ),
             );
-        let internal_server = builder()
+        let internal_server = builder(layer)
             .add_service(internal_health_service)
             .add_service(
                 reflection("aitokens.v1.TokenResolver")
@@ -146,9 +167,15 @@ impl Server {
             .add_service(resolver_api)
             .serve_with_incoming_shutdown(
                 TlsIncoming::new(internal, self.internal_tls, "internal"),
-                stopped(stop_rx.clone(), internal_health.clone()),
+                stopped(
+                    stop_rx.clone(),
+                    internal_health.clone(),
+                    self.telemetry.clone(),
+                ),
             );
 
+        // Both listeners are bound and the store and keys are loaded.
+        self.telemetry.set_ready(true);
         let servers = async { tokio::join!(admin_server, internal_server) };
         let deadline = async {
             let _ = stop_rx.wait_for(|stopped| *stopped).await;
@@ -169,13 +196,14 @@ impl Server {
     }
 }
 
-fn builder() -> TonicServer {
+fn builder(layer: GrpcLayer) -> TonicServer<Stack<GrpcLayer, Identity>> {
     TonicServer::builder()
         .timeout(REQUEST_TIMEOUT)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .max_connection_age(MAX_CONNECTION_AGE)
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(layer)
 }
 
 /// Reflection for one aitokens service plus health and reflection itself.
@@ -199,9 +227,11 @@ fn reflection_error(e: tonic_reflection::server::Error) -> Error {
 }
 
 /// Resolves when shutdown is requested, after marking the listener's health
-/// NOT_SERVING so that load balancers stop sending new work.
-async fn stopped(mut stop: watch::Receiver<bool>, health: HealthReporter) {
+/// NOT_SERVING and `/readyz` not ready, so that load balancers stop sending
+/// new work.
+async fn stopped(mut stop: watch::Receiver<bool>, health: HealthReporter, telemetry: Telemetry) {
     let _ = stop.wait_for(|stopped| *stopped).await;
+    telemetry.set_ready(false);
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;

@@ -8,10 +8,16 @@ use std::{
 };
 
 use clap::Args;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::oneshot};
 
 use super::profile::{DEV_PROFILE, Profile};
-use crate::{Error, Result, config::Config, dev, server::Server};
+use crate::{
+    Error, Result,
+    config::Config,
+    dev,
+    server::Server,
+    telemetry::{Telemetry, serve_http},
+};
 
 /// Options of `aitokens dev`.
 #[derive(Debug, Args)]
@@ -25,6 +31,10 @@ pub struct DevArgs {
     /// Address of the internal listener (TokenResolver). Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:50052")]
     pub internal_addr: SocketAddr,
+    /// Port of the plain-HTTP metrics listener on 127.0.0.1 (/metrics,
+    /// /healthz, /readyz). 0 picks a free port.
+    #[arg(long, default_value_t = 9090)]
+    pub metrics_port: u16,
 }
 
 /// Options of `aitokens serve`.
@@ -60,35 +70,75 @@ async fn run_dev(args: DevArgs) -> Result<()> {
         dir,
         admin_addr,
         internal_addr,
+        metrics_port,
     } = args;
+    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], metrics_port));
     let setup = {
         let dir = dir.clone();
-        tokio::task::spawn_blocking(move || dev::prepare(&dir, admin_addr, internal_addr))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??
+        tokio::task::spawn_blocking(move || {
+            dev::prepare(&dir, admin_addr, internal_addr, Some(metrics_addr))
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??
     };
     for path in &setup.created {
         tracing::info!(path = %path.display(), "created");
     }
-    let server = Server::open(&setup.config).await?;
-    let (admin, internal) = bind(&setup.config).await?;
-    let admin_addr = local_addr(&admin)?;
-    let internal_addr = local_addr(&internal)?;
-    Profile::for_dev(admin_addr, internal_addr).write(&dir.join(DEV_PROFILE))?;
-    print_dev_banner(&dir, admin_addr, internal_addr);
-    server.serve(admin, internal, shutdown_signal()).await
+    run_server(&setup.config, |admin, internal, metrics| {
+        Profile::for_dev(admin, internal).write(&dir.join(DEV_PROFILE))?;
+        print_dev_banner(&dir, admin, internal, metrics);
+        Ok(())
+    })
+    .await
 }
 
 async fn run_serve(args: ServeArgs) -> Result<()> {
     let config = Config::load(&args.config)?;
-    let server = Server::open(&config).await?;
-    let (admin, internal) = bind(&config).await?;
-    tracing::info!(
-        admin = %local_addr(&admin)?,
-        internal = %local_addr(&internal)?,
-        "serving"
-    );
-    server.serve(admin, internal, shutdown_signal()).await
+    run_server(&config, |admin, internal, metrics| {
+        tracing::info!(%admin, %internal, metrics = ?metrics, "serving");
+        Ok(())
+    })
+    .await
+}
+
+/// Binds the metrics listener (so `/healthz` answers and `/readyz` says "not
+/// ready" while keys load), opens the server, binds both gRPC listeners,
+/// calls `announce` with the bound addresses, and serves until SIGINT or
+/// SIGTERM.
+async fn run_server(
+    config: &Config,
+    announce: impl FnOnce(SocketAddr, SocketAddr, Option<SocketAddr>) -> Result<()>,
+) -> Result<()> {
+    let telemetry = Telemetry::new();
+    let (http_stop, http_stopped) = oneshot::channel::<()>();
+    let mut metrics_addr = None;
+    let mut http = None;
+    if let Some(metrics) = &config.metrics {
+        let listener = TcpListener::bind(metrics.listen)
+            .await
+            .map_err(|e| Error::Startup(format!("metrics listener {}: {e}", metrics.listen)))?;
+        metrics_addr = Some(local_addr(&listener)?);
+        http = Some(tokio::spawn(serve_http(
+            listener,
+            telemetry.clone(),
+            async {
+                let _ = http_stopped.await;
+            },
+        )));
+    }
+    let server = Server::open_with(config, telemetry).await?;
+    let (admin, internal) = bind(config).await?;
+    announce(local_addr(&admin)?, local_addr(&internal)?, metrics_addr)?;
+    let served = server.serve(admin, internal, shutdown_signal()).await;
+    let _ = http_stop.send(());
+    if let Some(http) = http {
+        match http.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "metrics listener failed"),
+            Err(e) => tracing::warn!(error = %e, "metrics listener task failed"),
+        }
+    }
+    served
 }
 
 async fn bind(config: &Config) -> Result<(TcpListener, TcpListener)> {
@@ -130,13 +180,23 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested; finishing in-flight requests");
 }
 
-fn print_dev_banner(dir: &Path, admin: SocketAddr, internal: SocketAddr) {
+fn print_dev_banner(
+    dir: &Path,
+    admin: SocketAddr,
+    internal: SocketAddr,
+    metrics: Option<SocketAddr>,
+) {
     let d = dir.display();
+    let metrics = metrics.map_or_else(
+        || "off".to_owned(),
+        |addr| format!("http://{addr}/metrics  (also /healthz, /readyz)"),
+    );
     let banner = format!(
         r#"
 aitokens dev is running. Data folder: {d}
   admin    listener (aitokens.v1.TokenAdmin)     {admin}     client cert {d}/admin.pem
   internal listener (aitokens.v1.TokenResolver)  {internal}     client cert {d}/agent.pem
+  metrics  {metrics}
 Stop with Ctrl-C. Same setup in production form: aitokens serve --config {d}/config.toml
 
 Try it with the CLI from another shell in this directory (it reads {d}/{DEV_PROFILE}):

@@ -43,4 +43,6 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Deletes a token if `check` allows it, atomically, then erases it from
     /// the write-ahead log.
     fn delete(&self, name: &TokenName, check: &mut CheckFn<'_>) -> Result<()>;
+    /// How many tokens the store holds, across tenants (for metrics).
+    fn count(&self) -> Result<u64>;
 }

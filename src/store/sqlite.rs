@@ -125,6 +125,12 @@ impl SqliteStore {
 }
 
 impl TokenStore for SqliteStore {
+    fn count(&self) -> Result<u64> {
+        let conn = self.reader();
+        let count: i64 = conn.query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get(0))?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     fn keyring(&self) -> Result<Option<KeyringRecords>> {
         let conn = self.reader();
         let Some((deployment_id, key_check, current_version)) = conn

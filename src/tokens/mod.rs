@@ -158,6 +158,12 @@ impl Tokens {
         .await
     }
 
+    /// How many tokens exist, across tenants.
+    pub async fn count(&self) -> Result<u64> {
+        let store = self.store.clone();
+        blocking(move || store.count()).await
+    }
+
     /// A token's metadata.
     pub async fn get(&self, name: TokenName) -> Result<TokenRecord> {
         let store = self.store.clone();

@@ -23,10 +23,17 @@ pub struct Dev {
     stderr: std::thread::JoinHandle<String>,
     pub admin: SocketAddr,
     pub internal: SocketAddr,
+    /// The plain-HTTP metrics listener.
+    pub metrics: SocketAddr,
 }
 
 /// Starts `aitokens dev` on ephemeral ports and reads the addresses it prints.
 pub fn start_dev(dir: &std::path::Path) -> Dev {
+    start_dev_with(dir, &[])
+}
+
+/// [`start_dev`] with more command-line arguments.
+pub fn start_dev_with(dir: &std::path::Path, extra: &[&str]) -> Dev {
     let mut child = Command::new(env!("CARGO_BIN_EXE_aitokens"))
         .args(["dev", "--dir"])
         .arg(dir)
@@ -35,7 +42,10 @@ pub fn start_dev(dir: &std::path::Path) -> Dev {
             "127.0.0.1:0",
             "--internal-addr",
             "127.0.0.1:0",
+            "--metrics-port",
+            "0",
         ])
+        .args(extra)
         .env("RUST_LOG", "trace")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -50,6 +60,7 @@ pub fn start_dev(dir: &std::path::Path) -> Dev {
     });
     let stdout = BufReader::new(child.stdout.take().expect("stdout"));
     let mut addrs = Vec::new();
+    let mut metrics = None;
     for line in stdout.lines() {
         let line = line.expect("stdout line");
         if line.contains("listener (aitokens.v1.") {
@@ -58,7 +69,10 @@ pub fn start_dev(dir: &std::path::Path) -> Dev {
                     .filter_map(|w| w.parse::<SocketAddr>().ok()),
             );
         }
-        if addrs.len() == 2 {
+        if let Some(url) = line.trim().strip_prefix("metrics  http://") {
+            metrics = url.split('/').next().and_then(|a| a.parse().ok());
+        }
+        if addrs.len() == 2 && metrics.is_some() {
             break;
         }
     }
@@ -68,10 +82,11 @@ pub fn start_dev(dir: &std::path::Path) -> Dev {
         stderr,
         admin: addrs[0],
         internal: addrs[1],
+        metrics: metrics.expect("aitokens dev printed its metrics address"),
     }
 }
 
-async fn channel(dir: &std::path::Path, addr: SocketAddr, who: &str) -> Channel {
+pub async fn channel(dir: &std::path::Path, addr: SocketAddr, who: &str) -> Channel {
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("read");
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read("ca.pem")))

@@ -167,7 +167,7 @@ impl Setup {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let any = "127.0.0.1:0".parse().expect("addr");
-        let setup = dev::prepare(dir.path(), any, any).expect("prepare data folder");
+        let setup = dev::prepare(dir.path(), any, any, None).expect("prepare data folder");
         Self {
             dir,
             config: setup.config,

@@ -7,6 +7,7 @@ mod binary;
 mod cli;
 mod common;
 mod mtls;
+mod observability;
 mod readme;
 mod store;
 mod validation;

@@ -1,0 +1,53 @@
+//! The plain-HTTP observability listener: `/metrics`, `/healthz`, `/readyz`.
+//!
+//! It serves no token data and needs no TLS; bind it to localhost or a
+//! network only the monitoring system reaches.
+
+use std::future::Future;
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use tokio::net::TcpListener;
+
+use super::Telemetry;
+use crate::error::{Error, Result};
+
+/// Content type of the Prometheus text format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`.
+pub async fn serve_http(
+    listener: TcpListener,
+    telemetry: Telemetry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(telemetry);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Error::Internal(format!("metrics listener: {e}")))
+}
+
+async fn metrics(State(telemetry): State<Telemetry>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+        telemetry.render().await,
+    )
+}
+
+async fn readyz(State(telemetry): State<Telemetry>) -> impl IntoResponse {
+    if telemetry.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
