@@ -2,12 +2,14 @@
 //!
 //! ```toml
 //! policy = "policy.toml"
+//! tls_reload_interval_secs = 10  # how often TLS files are checked for changes
 //!
 //! [admin]
 //! listen = "127.0.0.1:50051"
 //! cert = "server.pem"        # server certificate chain (PEM)
 //! key = "server.key"         # its private key (PEM)
 //! client_ca = "ca.pem"       # CA bundle that client certificates must chain to
+//! crls = ["ca.crl.pem"]      # optional: revocation lists (PEM), enforced with expiry
 //!
 //! [internal]                 # same keys; mTLS listener for ResolveToken
 //! listen = "127.0.0.1:50052"
@@ -41,6 +43,11 @@ use crate::error::{Error, Result};
 pub struct Config {
     /// The policy file (TOML): who may administer and resolve what.
     pub policy: PathBuf,
+    /// Seconds between checks of the listeners' TLS files (certificate, key,
+    /// client CA, CRLs); a changed file is reloaded without dropping
+    /// connections. SIGHUP reloads at once.
+    #[serde(default = "default_tls_reload_interval_secs")]
+    pub tls_reload_interval_secs: u64,
     /// The public admin listener.
     pub admin: ListenerConfig,
     /// The internal-only listener that serves ResolveToken.
@@ -73,6 +80,15 @@ pub struct ListenerConfig {
     pub key: PathBuf,
     /// CA certificates (PEM) that client certificates must chain to.
     pub client_ca: PathBuf,
+    /// Certificate revocation lists (PEM) for the client CA. When set, a
+    /// client certificate is refused if revoked, if its status is unknown,
+    /// or if the CRL has expired.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crls: Vec<PathBuf>,
+}
+
+fn default_tls_reload_interval_secs() -> u64 {
+    10
 }
 
 /// Where tokens and their keys live.
@@ -110,7 +126,12 @@ impl Config {
             &mut self.store.database,
             &mut self.store.master_key_file,
         ];
-        for path in paths {
+        let crls = self
+            .admin
+            .crls
+            .iter_mut()
+            .chain(self.internal.crls.iter_mut());
+        for path in paths.into_iter().chain(crls) {
             if path.is_relative() {
                 *path = base.join(&*path);
             }

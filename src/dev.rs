@@ -89,9 +89,11 @@ pub fn prepare(
         cert: "server.pem".into(),
         key: "server.key".into(),
         client_ca: client_ca.into(),
+        crls: Vec::new(),
     };
     let mut config = Config {
         policy: "policy.toml".into(),
+        tls_reload_interval_secs: 10,
         admin: listener(admin, "ca.pem"),
         internal: listener(internal, "ca.pem"),
         store: StoreConfig {

@@ -11,7 +11,6 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use rustls::ServerConfig;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::Server as TonicServer;
 use tonic_health::server::HealthReporter;
@@ -30,7 +29,7 @@ use crate::{
     error::{Error, Result},
     store::{SqliteStore, TokenStore},
     telemetry::{GrpcLayer, Telemetry},
-    tls::{self, TlsIncoming},
+    tls::{Reload, TlsIncoming, TlsMaterial},
     tokens::Tokens,
 };
 
@@ -49,9 +48,18 @@ pub struct Server {
     telemetry: Telemetry,
     tokens: Tokens,
     policy: Arc<PolicyHandle>,
-    admin_tls: Arc<ServerConfig>,
-    internal_tls: Arc<ServerConfig>,
+    admin_tls: Arc<TlsMaterial>,
+    internal_tls: Arc<TlsMaterial>,
+    tls_reload_interval: Duration,
+    /// SIGHUP, registered when the server opens: from then on a SIGHUP
+    /// reloads TLS material instead of ending the process.
+    hangup: Option<Hangup>,
 }
+
+#[cfg(unix)]
+type Hangup = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangup = ();
 
 impl Server {
     /// Loads and checks everything `config` names. Blocking work (key
@@ -64,9 +72,17 @@ impl Server {
     /// `telemetry` (which an already running `/readyz` may be reporting).
     pub async fn open_with(config: &Config, telemetry: Telemetry) -> Result<Self> {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || Self::open_blocking(&config, telemetry))
-            .await
-            .map_err(|e| Error::Internal(format!("start-up task failed: {e}")))?
+        let mut server =
+            tokio::task::spawn_blocking(move || Self::open_blocking(&config, telemetry))
+                .await
+                .map_err(|e| Error::Internal(format!("start-up task failed: {e}")))??;
+        #[cfg(unix)]
+        {
+            server.hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .inspect_err(|e| tracing::warn!(error = %e, "SIGHUP reloads are unavailable"))
+                .ok();
+        }
+        Ok(server)
     }
 
     /// The metrics and readiness of this server.
@@ -76,8 +92,8 @@ impl Server {
 
     fn open_blocking(config: &Config, telemetry: Telemetry) -> Result<Self> {
         let policy = Policy::load(&config.policy)?;
-        let admin_tls = tls::server_config(&config.admin)?;
-        let internal_tls = tls::server_config(&config.internal)?;
+        let admin_tls = TlsMaterial::load(&config.admin, "admin")?;
+        let internal_tls = TlsMaterial::load(&config.internal, "internal")?;
         let root = RootKey::from_file(&config.store.master_key_file)?;
         let store = SqliteStore::open(&config.store.database)?;
         let keyring = match store.keyring()? {
@@ -98,6 +114,8 @@ impl Server {
             policy: Arc::new(PolicyHandle::new(policy)),
             admin_tls,
             internal_tls,
+            tls_reload_interval: Duration::from_secs(config.tls_reload_interval_secs.max(1)),
+            hangup: None,
         })
     }
 
@@ -127,8 +145,9 @@ impl Server {
         let admin_api =
             TokenAdminServer::new(AdminApi::new(self.tokens.clone(), self.policy.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES);
-        let resolver_api = TokenResolverServer::new(ResolverApi::new(self.tokens, self.policy))
-            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let resolver_api =
+            TokenResolverServer::new(ResolverApi::new(self.tokens.clone(), self.policy))
+                .max_decoding_message_size(MAX_REQUEST_BYTES);
 
         let layer = GrpcLayer::new(self.telemetry.clone());
         let admin_server = builder(layer.clone())
@@ -145,7 +164,7 @@ impl Server {
             )
             .add_service(admin_api)
             .serve_with_incoming_shutdown(
-                TlsIncoming::new(admin, self.admin_tls, "admin"),
+                TlsIncoming::new(admin, self.admin_tls.clone()),
                 stopped(
                     stop_rx.clone(),
                     admin_health.clone(),
@@ -166,7 +185,7 @@ impl Server {
             )
             .add_service(resolver_api)
             .serve_with_incoming_shutdown(
-                TlsIncoming::new(internal, self.internal_tls, "internal"),
+                TlsIncoming::new(internal, self.internal_tls.clone()),
                 stopped(
                     stop_rx.clone(),
                     internal_health.clone(),
@@ -174,6 +193,13 @@ impl Server {
                 ),
             );
 
+        let reloads = tokio::spawn(reload_tls(
+            [self.admin_tls, self.internal_tls],
+            self.hangup,
+            self.tls_reload_interval,
+            self.telemetry.clone(),
+            stop_rx.clone(),
+        ));
         // Both listeners are bound and the store and keys are loaded.
         self.telemetry.set_ready(true);
         let servers = async { tokio::join!(admin_server, internal_server) };
@@ -191,8 +217,66 @@ impl Server {
                 tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the shutdown grace period; closing them");
             }
         }
+        reloads.abort();
+        // Leave the files at rest complete: fold the WAL into the database.
+        if let Err(e) = self.tokens.checkpoint().await {
+            tracing::warn!(error = %e, "final database checkpoint failed");
+        }
         tracing::info!("server stopped");
         Ok(())
+    }
+}
+
+/// Reloads the listeners' TLS material when its files change (checked every
+/// `interval`) or on SIGHUP, until shutdown. A failed reload keeps the
+/// previous material and says why in the log and in
+/// `aitokens_tls_reloads_total{result="error"}`.
+async fn reload_tls(
+    materials: [Arc<TlsMaterial>; 2],
+    mut hangup: Option<Hangup>,
+    interval: Duration,
+    telemetry: Telemetry,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        #[cfg(unix)]
+        let sighup = async {
+            match hangup.as_mut() {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let sighup = std::future::pending::<()>();
+        let force = tokio::select! {
+            () = sighup => true,
+            () = tokio::time::sleep(interval) => false,
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        };
+        if force {
+            tracing::info!("SIGHUP: reloading TLS material");
+        }
+        for material in &materials {
+            let outcome = {
+                let material = material.clone();
+                tokio::task::spawn_blocking(move || material.reload(force)).await
+            };
+            let listener = material.name();
+            match outcome {
+                Ok(Reload::Unchanged) => {}
+                Ok(Reload::Reloaded) => {
+                    tracing::info!(listener, "TLS material reloaded; new connections use it");
+                    telemetry.tls_reloaded(listener, true);
+                }
+                Ok(Reload::Failed(e)) => {
+                    tracing::warn!(listener, error = %e, "TLS reload failed; keeping the previous certificate, client CA and CRLs");
+                    telemetry.tls_reloaded(listener, false);
+                }
+                Err(e) => tracing::warn!(listener, error = %e, "TLS reload task failed"),
+            }
+        }
     }
 }
 

@@ -45,4 +45,7 @@ pub trait TokenStore: Send + Sync + 'static {
     fn delete(&self, name: &TokenName, check: &mut CheckFn<'_>) -> Result<()>;
     /// How many tokens the store holds, across tenants (for metrics).
     fn count(&self) -> Result<u64>;
+    /// Folds the write-ahead log into the database file and truncates it
+    /// (at shutdown, so the files at rest are complete and minimal).
+    fn checkpoint(&self) -> Result<()>;
 }

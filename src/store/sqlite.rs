@@ -125,6 +125,10 @@ impl SqliteStore {
 }
 
 impl TokenStore for SqliteStore {
+    fn checkpoint(&self) -> Result<()> {
+        Self::truncate_wal(&self.writer())
+    }
+
     fn count(&self) -> Result<u64> {
         let conn = self.reader();
         let count: i64 = conn.query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get(0))?;

@@ -62,6 +62,13 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// Labels of a TLS reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    listener: &'static str,
+    result: &'static str,
+}
+
 /// Metrics, readiness and the token source for the token-count gauge.
 /// Cheap to clone.
 #[derive(Clone)]
@@ -77,6 +84,7 @@ struct Inner {
     tokens: Gauge,
     audit_failures: Counter,
     usage_flush_failures: Counter,
+    tls_reloads: Family<ReloadLabels, Counter>,
     ready: AtomicBool,
     token_source: OnceLock<Tokens>,
 }
@@ -129,6 +137,12 @@ impl Telemetry {
             "Usage-counter flushes to the store that failed",
             usage_flush_failures.clone(),
         );
+        let tls_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "TLS material reloads by listener and result (ok, or error: the old material stays)",
+            tls_reloads.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -143,6 +157,7 @@ impl Telemetry {
                 tokens,
                 audit_failures,
                 usage_flush_failures,
+                tls_reloads,
                 ready: AtomicBool::new(false),
                 token_source: OnceLock::new(),
             }),
@@ -172,6 +187,16 @@ impl Telemetry {
     /// Counts a failed flush of usage counters.
     pub fn usage_flush_failed(&self) {
         self.inner.usage_flush_failures.inc();
+    }
+
+    /// Counts a TLS reload of `listener` that succeeded (`ok`) or kept the
+    /// old material.
+    pub fn tls_reloaded(&self, listener: &'static str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.inner
+            .tls_reloads
+            .get_or_create(&ReloadLabels { listener, result })
+            .inc();
     }
 
     /// Records one finished gRPC call.

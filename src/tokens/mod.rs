@@ -158,6 +158,12 @@ impl Tokens {
         .await
     }
 
+    /// Checkpoints the store (see [`TokenStore::checkpoint`]).
+    pub async fn checkpoint(&self) -> Result<()> {
+        let store = self.store.clone();
+        blocking(move || store.checkpoint()).await
+    }
+
     /// How many tokens exist, across tenants.
     pub async fn count(&self) -> Result<u64> {
         let store = self.store.clone();

@@ -18,7 +18,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use crate::{admin::contains, common::create_request};
 
 pub struct Dev {
-    child: Child,
+    pub child: Child,
     /// Drains stderr while the server runs (a full pipe would block it).
     stderr: std::thread::JoinHandle<String>,
     pub admin: SocketAddr,

@@ -9,5 +9,7 @@ mod common;
 mod mtls;
 mod observability;
 mod readme;
+mod reload;
+mod shutdown;
 mod store;
 mod validation;

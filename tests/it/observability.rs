@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// `GET path` over HTTP/1.1; returns (status code, body).
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -49,6 +49,11 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 fn sample(text: &str, line: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(line)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The value of sample `line` in what `telemetry` would serve on /metrics.
+pub async fn get_metrics_sample(telemetry: &Telemetry, line: &str) -> Option<f64> {
+    sample(&telemetry.render().await, line)
 }
 
 #[tokio::test]
