@@ -17,6 +17,13 @@ use tokio::net::TcpListener;
 use super::Telemetry;
 use crate::error::{Error, Result};
 
+/// Where Prometheus scrapes.
+pub const METRICS_PATH: &str = "/metrics";
+/// Liveness: 200 while the process runs.
+pub const HEALTH_PATH: &str = "/healthz";
+/// Readiness: 200 once the store and keys are loaded and the listeners serve.
+pub const READY_PATH: &str = "/readyz";
+
 /// Content type of the Prometheus text format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -27,9 +34,9 @@ pub async fn serve_http(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+        .route(METRICS_PATH, get(metrics))
+        .route(HEALTH_PATH, get(|| async { "ok\n" }))
+        .route(READY_PATH, get(readyz))
         .with_state(telemetry);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

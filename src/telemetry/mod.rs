@@ -36,7 +36,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-pub use self::http::serve_http;
+pub use self::http::{HEALTH_PATH, METRICS_PATH, READY_PATH, serve_http};
 pub use layer::{GrpcLayer, GrpcService, REQUEST_ID_HEADER};
 
 use crate::tokens::Tokens;

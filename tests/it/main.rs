@@ -6,6 +6,7 @@ mod admin;
 mod binary;
 mod cli;
 mod common;
+mod deploy;
 mod mtls;
 mod observability;
 mod readme;
