@@ -36,6 +36,8 @@ use crate::{
 /// Longest a connection lives before the server asks the client to reconnect
 /// (so a certificate that stopped being trusted stops working).
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(10 * 60);
+/// How long an aged connection may finish its calls before it is closed.
+const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
 /// Longest a single request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests get to finish once shutdown is requested.
@@ -164,7 +166,7 @@ impl Server {
             )
             .add_service(admin_api)
             .serve_with_incoming_shutdown(
-                TlsIncoming::new(admin, self.admin_tls.clone()),
+                TlsIncoming::new(admin, self.admin_tls.clone(), self.telemetry.clone()),
                 stopped(
                     stop_rx.clone(),
                     admin_health.clone(),
@@ -185,7 +187,7 @@ impl Server {
             )
             .add_service(resolver_api)
             .serve_with_incoming_shutdown(
-                TlsIncoming::new(internal, self.internal_tls.clone()),
+                TlsIncoming::new(internal, self.internal_tls.clone(), self.telemetry.clone()),
                 stopped(
                     stop_rx.clone(),
                     internal_health.clone(),
@@ -285,6 +287,7 @@ fn builder(layer: GrpcLayer) -> TonicServer<Stack<GrpcLayer, Identity>> {
         .timeout(REQUEST_TIMEOUT)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .max_connection_age(MAX_CONNECTION_AGE)
+        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(layer)

@@ -14,7 +14,7 @@ use std::{
 };
 
 use rustls::{
-    RootCertStore, ServerConfig,
+    CertificateError, RootCertStore, ServerConfig,
     crypto::CryptoProvider,
     pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, pem::PemObject},
     server::{NoServerSessionStorage, WebPkiClientVerifier},
@@ -30,6 +30,7 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use crate::{
     config::ListenerConfig,
     error::{Error, Result},
+    telemetry::Telemetry,
 };
 
 /// How long a client has to finish the TLS handshake.
@@ -229,7 +230,8 @@ pub struct TlsIncoming {
 impl TlsIncoming {
     /// Starts accepting on `listener`, each connection with the material
     /// current when it arrives.
-    pub fn new(listener: TcpListener, material: Arc<TlsMaterial>) -> Self {
+    /// Refused and timed-out handshakes are logged and counted in `telemetry`.
+    pub fn new(listener: TcpListener, material: Arc<TlsMaterial>, telemetry: Telemetry) -> Self {
         let (tx, rx) = mpsc::channel(HANDSHAKE_QUEUE);
         let name = material.name();
         let accept_loop = tokio::spawn(async move {
@@ -248,6 +250,7 @@ impl TlsIncoming {
                 }
                 let _ = tcp.set_nodelay(true);
                 let (acceptor, tx) = (TlsAcceptor::from(material.current()), tx.clone());
+                let telemetry = telemetry.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
@@ -255,9 +258,11 @@ impl TlsIncoming {
                         }
                         Ok(Err(e)) => {
                             tracing::info!(listener = name, %peer, error = %e, "TLS handshake refused");
+                            telemetry.handshake_failed(name, refusal_reason(&e));
                         }
                         Err(_) => {
                             tracing::info!(listener = name, %peer, "TLS handshake timed out");
+                            telemetry.handshake_failed(name, "timeout");
                         }
                     }
                 });
@@ -267,6 +272,30 @@ impl TlsIncoming {
             connections: ReceiverStream::new(rx),
             accept_loop,
         }
+    }
+}
+
+/// A short, fixed label for why a handshake failed (for metrics).
+fn refusal_reason(error: &io::Error) -> &'static str {
+    let rustls_error = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(rustls::Error::NoCertificatesPresented) => "no_client_certificate",
+        Some(rustls::Error::InvalidCertificate(cert)) => match cert {
+            CertificateError::Revoked => "revoked",
+            CertificateError::UnknownRevocationStatus
+            | CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. } => "revocation_status",
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. } => "validity",
+            CertificateError::UnknownIssuer => "unknown_issuer",
+            _ => "invalid_certificate",
+        },
+        Some(_) => "tls_error",
+        None => "io_error",
     }
 }
 

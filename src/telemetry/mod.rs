@@ -69,6 +69,13 @@ struct ReloadLabels {
     result: &'static str,
 }
 
+/// Labels of a failed TLS handshake.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
 /// Metrics, readiness and the token source for the token-count gauge.
 /// Cheap to clone.
 #[derive(Clone)]
@@ -85,6 +92,7 @@ struct Inner {
     audit_failures: Counter,
     usage_flush_failures: Counter,
     tls_reloads: Family<ReloadLabels, Counter>,
+    handshake_failures: Family<HandshakeLabels, Counter>,
     ready: AtomicBool,
     token_source: OnceLock<Tokens>,
 }
@@ -143,6 +151,13 @@ impl Telemetry {
             "TLS material reloads by listener and result (ok, or error: the old material stays)",
             tls_reloads.clone(),
         );
+        let handshake_failures = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes refused or timed out, by listener and reason \
+             (revoked, revocation_status, unknown_issuer, no_client_certificate, ...)",
+            handshake_failures.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -158,6 +173,7 @@ impl Telemetry {
                 audit_failures,
                 usage_flush_failures,
                 tls_reloads,
+                handshake_failures,
                 ready: AtomicBool::new(false),
                 token_source: OnceLock::new(),
             }),
@@ -196,6 +212,14 @@ impl Telemetry {
         self.inner
             .tls_reloads
             .get_or_create(&ReloadLabels { listener, result })
+            .inc();
+    }
+
+    /// Counts a TLS handshake on `listener` that failed for `reason`.
+    pub fn handshake_failed(&self, listener: &'static str, reason: &'static str) {
+        self.inner
+            .handshake_failures
+            .get_or_create(&HandshakeLabels { listener, reason })
             .inc();
     }
 
