@@ -262,6 +262,18 @@ async fn readme_grpcurl_walk_through_works_as_written() {
                     ])
                 },
                 ok("TokenAdmin/RenameToken", &["tenants/acme/tokens/openai-main"]),
+                Expect {
+                    succeeds: false,
+                    ..ok(
+                        "\"etag\": \"0-0\"",
+                        &[
+                            "Code: Aborted",
+                            "google.rpc.PreconditionFailure",
+                            "\"subject\":\"etag\"",
+                            "ETAG_MISMATCH",
+                        ],
+                    )
+                },
                 ok("TokenAdmin/RemoveToken", &["{"]),
                 Expect {
                     succeeds: false,
