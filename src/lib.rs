@@ -22,7 +22,9 @@
 //! mapping to gRPC statuses. [`server`] wires two tonic servers over one
 //! domain handle; [`dev`] and [`pki`] make the embedded default. [`cli`] is
 //! the `aitokens` command line: the server commands and a gRPC client
-//! (`aitokens token ...`) that uses only the public contract.
+//! (`aitokens token ...`) that uses only the public contract. [`telemetry`]
+//! holds the metrics, the health and readiness endpoints and request ids;
+//! [`tls`] the rustls acceptor with CRLs and reloads.
 
 pub mod api;
 pub mod auth;
