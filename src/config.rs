@@ -2,12 +2,14 @@
 //!
 //! ```toml
 //! policy = "policy.toml"
+//! tls_reload_interval_secs = 10  # how often TLS files are checked for changes
 //!
 //! [admin]
 //! listen = "127.0.0.1:50051"
 //! cert = "server.pem"        # server certificate chain (PEM)
 //! key = "server.key"         # its private key (PEM)
 //! client_ca = "ca.pem"       # CA bundle that client certificates must chain to
+//! crls = ["ca.crl.pem"]      # optional: revocation lists (PEM), enforced with expiry
 //!
 //! [internal]                 # same keys; mTLS listener for ResolveToken
 //! listen = "127.0.0.1:50052"
@@ -26,6 +28,8 @@
 //!
 //! [audit]                    # optional
 //! jsonl = "audit.jsonl"      # mirror every audit record to this JSON-lines file
+//! [metrics]                  # optional: plain-HTTP /metrics, /healthz, /readyz
+//! listen = "127.0.0.1:9090"
 //! ```
 //!
 //! Relative paths are relative to the directory of the config file. The file
@@ -55,6 +59,11 @@ pub struct Config {
     /// failure, where the system does not permit it.
     #[serde(default)]
     pub lock_memory: bool,
+    /// Seconds between checks of the listeners' TLS files (certificate, key,
+    /// client CA, CRLs); a changed file is reloaded without dropping
+    /// connections. SIGHUP reloads at once.
+    #[serde(default = "default_tls_reload_interval_secs")]
+    pub tls_reload_interval_secs: u64,
     /// The public admin listener.
     pub admin: ListenerConfig,
     /// The internal-only listener that serves ResolveToken.
@@ -67,6 +76,9 @@ pub struct Config {
     /// Audit trail options.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// The observability listener; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// Usage tracking settings.
@@ -99,6 +111,15 @@ pub struct AuditConfig {
     pub jsonl: Option<PathBuf>,
 }
 
+/// The plain-HTTP observability listener (`/metrics`, `/healthz`, `/readyz`).
+/// It serves no token data; bind it where only monitoring reaches it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address to bind.
+    pub listen: SocketAddr,
+}
+
 /// One TLS listener. Clients must present a certificate that chains to `client_ca`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -111,6 +132,15 @@ pub struct ListenerConfig {
     pub key: PathBuf,
     /// CA certificates (PEM) that client certificates must chain to.
     pub client_ca: PathBuf,
+    /// Certificate revocation lists (PEM) for the client CA. When set, a
+    /// client certificate is refused if revoked, if its status is unknown,
+    /// or if the CRL has expired.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crls: Vec<PathBuf>,
+}
+
+fn default_tls_reload_interval_secs() -> u64 {
+    10
 }
 
 /// Where tokens and their keys live.
@@ -212,12 +242,21 @@ impl Config {
             &mut self.internal.client_ca,
             &mut self.store.database,
         ];
+        let crls = self
+            .admin
+            .crls
+            .iter_mut()
+            .chain(self.internal.crls.iter_mut());
         let optional = [
             self.audit.jsonl.as_mut(),
             self.store.master_key_file.as_mut(),
             self.store.passphrase_file.as_mut(),
         ];
-        for path in paths.into_iter().chain(optional.into_iter().flatten()) {
+        for path in paths
+            .into_iter()
+            .chain(crls)
+            .chain(optional.into_iter().flatten())
+        {
             if path.is_relative() {
                 *path = base.join(&*path);
             }

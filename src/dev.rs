@@ -11,7 +11,7 @@ use std::{
 };
 
 use crate::{
-    config::{Config, ListenerConfig, StoreConfig},
+    config::{Config, ListenerConfig, MetricsConfig, StoreConfig},
     crypto::RootKey,
     error::{Error, Result},
     pki::Ca,
@@ -57,8 +57,14 @@ pub struct DevSetup {
     pub created: Vec<PathBuf>,
 }
 
-/// Makes sure `dir` holds everything `aitokens dev` needs and returns the config.
-pub fn prepare(dir: &Path, admin: SocketAddr, internal: SocketAddr) -> Result<DevSetup> {
+/// Makes sure `dir` holds everything `aitokens dev` needs and returns the
+/// config (with an observability listener on `metrics`, if given).
+pub fn prepare(
+    dir: &Path,
+    admin: SocketAddr,
+    internal: SocketAddr,
+    metrics: Option<SocketAddr>,
+) -> Result<DevSetup> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -86,9 +92,11 @@ pub fn prepare(dir: &Path, admin: SocketAddr, internal: SocketAddr) -> Result<De
         cert: "server.pem".into(),
         key: "server.key".into(),
         client_ca: client_ca.into(),
+        crls: Vec::new(),
     };
     let mut config = Config {
         policy: "policy.toml".into(),
+        tls_reload_interval_secs: 10,
         admin: listener(admin, "ca.pem"),
         internal: listener(internal, "ca.pem"),
         store: StoreConfig {
@@ -101,6 +109,7 @@ pub fn prepare(dir: &Path, admin: SocketAddr, internal: SocketAddr) -> Result<De
         usage: Default::default(),
         audit: Default::default(),
         lock_memory: false,
+        metrics: metrics.map(|listen| MetricsConfig { listen }),
     };
     let text = toml::to_string(&config).map_err(|e| Error::Internal(format!("config: {e}")))?;
     let config_path = dir.join("config.toml");

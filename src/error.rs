@@ -5,6 +5,8 @@
 //! messages are fixed strings or name a field; they never carry a value, a
 //! ciphertext, a key or SQL parameters. Detail for operators goes to the log.
 
+use std::collections::HashMap;
+
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -72,9 +74,6 @@ pub struct Violation {
     pub description: String,
 }
 
-/// The ErrorInfo domain of aitokens' machine-readable error reasons.
-pub const ERROR_DOMAIN: &str = "aitokens.dev";
-
 /// Shorthand used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -101,52 +100,95 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
+/// `ErrorInfo.domain` of every error aitokens returns.
+pub const ERROR_DOMAIN: &str = "aitokens";
+
 /// The one place where domain errors become gRPC statuses (AIP-193).
+///
+/// Every status carries a `google.rpc.ErrorInfo` with a stable
+/// machine-readable reason (see [`Error::reason`]); INVALID_ARGUMENT adds a
+/// `google.rpc.BadRequest` naming the field and ABORTED a
+/// `google.rpc.PreconditionFailure` naming the etag.
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
-        match &e {
+        let mut details = ErrorDetails::new();
+        let mut metadata = HashMap::new();
+        let (code, message) = match &e {
             Error::InvalidArgument { field, reason } => {
-                let mut details = ErrorDetails::new();
                 details.add_bad_request_violation(*field, *reason);
-                Status::with_error_details(
-                    Code::InvalidArgument,
-                    format!("{field}: {reason}"),
-                    details,
-                )
+                metadata.insert("field".to_owned(), (*field).to_owned());
+                (Code::InvalidArgument, format!("{field}: {reason}"))
             }
-            Error::NotFound(what) => Status::not_found(format!("{what} not found")),
-            Error::AlreadyExists(what) => {
-                Status::already_exists(format!("a {what} with this id already exists"))
-            }
+            Error::NotFound(what) => (Code::NotFound, format!("{what} not found")),
+            Error::AlreadyExists(what) => (
+                Code::AlreadyExists,
+                format!("a {what} with this id already exists"),
+            ),
             Error::FailedPrecondition {
-                reason,
                 message,
                 violations,
+                ..
             } => {
-                let mut details = ErrorDetails::new();
-                details.set_error_info(*reason, ERROR_DOMAIN, std::collections::HashMap::new());
                 for v in violations {
                     details.add_precondition_failure_violation(v.kind, &v.subject, &v.description);
                 }
-                Status::with_error_details(Code::FailedPrecondition, *message, details)
+                (Code::FailedPrecondition, (*message).to_owned())
             }
-            Error::Aborted => Status::aborted(
-                "etag mismatch: the token changed since it was read; get it again and retry",
-            ),
-            Error::Unauthenticated(why) => Status::unauthenticated(*why),
-            Error::PermissionDenied => Status::permission_denied("permission denied"),
+            Error::Aborted => {
+                details.add_precondition_failure_violation(
+                    "ETAG",
+                    "etag",
+                    "the token changed since this etag was read",
+                );
+                (
+                    Code::Aborted,
+                    "etag mismatch: the token changed since it was read; get it again and retry"
+                        .to_owned(),
+                )
+            }
+            Error::Unauthenticated(why) => (Code::Unauthenticated, (*why).to_owned()),
+            Error::PermissionDenied => (Code::PermissionDenied, "permission denied".to_owned()),
             Error::DataLoss => {
                 tracing::error!("a stored ciphertext failed authentication");
-                Status::data_loss("stored token data failed its integrity check")
+                (
+                    Code::DataLoss,
+                    "stored token data failed its integrity check".to_owned(),
+                )
             }
             Error::Storage(_) => {
                 tracing::error!(error = %e, "store failure");
-                Status::unavailable("the token store is unavailable")
+                (
+                    Code::Unavailable,
+                    "the token store is unavailable".to_owned(),
+                )
             }
             Error::Startup(_) | Error::Internal(_) => {
                 tracing::error!(error = %e, "request failed");
-                Status::internal("internal error")
+                (Code::Internal, "internal error".to_owned())
             }
+        };
+        details.set_error_info(e.reason(), ERROR_DOMAIN, metadata);
+        Status::with_error_details(code, message, details)
+    }
+}
+
+impl Error {
+    /// The stable, machine-readable `ErrorInfo.reason` of this error
+    /// (UPPER_SNAKE_CASE, AIP-193). Clients may switch on it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument { .. } => "INVALID_FIELD",
+            Self::NotFound("binding") => "BINDING_NOT_FOUND",
+            Self::NotFound(_) => "TOKEN_NOT_FOUND",
+            Self::AlreadyExists("binding") => "BINDING_ALREADY_EXISTS",
+            Self::AlreadyExists(_) => "TOKEN_ALREADY_EXISTS",
+            Self::FailedPrecondition { reason, .. } => reason,
+            Self::Aborted => "ETAG_MISMATCH",
+            Self::Unauthenticated(_) => "NO_USABLE_IDENTITY",
+            Self::PermissionDenied => "POLICY_DENIED",
+            Self::DataLoss => "INTEGRITY_CHECK_FAILED",
+            Self::Storage(_) => "STORE_UNAVAILABLE",
+            Self::Startup(_) | Self::Internal(_) => "INTERNAL",
         }
     }
 }
@@ -167,6 +209,26 @@ mod tests {
         let bad = details.bad_request().expect("BadRequest detail");
         assert_eq!(bad.field_violations.len(), 1);
         assert_eq!(bad.field_violations[0].field, "token_id");
+        let info = details.error_info().expect("ErrorInfo detail");
+        assert_eq!(info.reason, "INVALID_FIELD");
+        assert_eq!(info.domain, ERROR_DOMAIN);
+        assert_eq!(
+            info.metadata.get("field").map(String::as_str),
+            Some("token_id")
+        );
+    }
+
+    #[test]
+    fn etag_mismatch_carries_a_precondition_failure() {
+        let status = Status::from(Error::Aborted);
+        assert_eq!(status.code(), Code::Aborted);
+        let details = status.get_error_details();
+        let failure = details.precondition_failure().expect("PreconditionFailure");
+        assert_eq!(failure.violations[0].subject, "etag");
+        assert_eq!(
+            details.error_info().expect("ErrorInfo").reason,
+            "ETAG_MISMATCH"
+        );
     }
 
     #[test]

@@ -20,13 +20,18 @@
 //! Data flows one way: [`api`] (transport) -> [`auth`] -> [`tokens`] (domain)
 //! -> [`crypto`] / [`store`]. [`error`] holds the one error type and its one
 //! mapping to gRPC statuses. [`server`] wires two tonic servers over one
-//! domain handle; [`dev`] and [`pki`] make the embedded default.
+//! domain handle; [`dev`] and [`pki`] make the embedded default. [`cli`] is
+//! the `aitokens` command line: the server commands and a gRPC client
+//! (`aitokens token ...`) that uses only the public contract. [`telemetry`]
+//! holds the metrics, the health and readiness endpoints and request ids;
+//! [`tls`] the rustls acceptor with CRLs and reloads.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod dev;
@@ -37,6 +42,7 @@ pub mod ops;
 pub mod pki;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod tokens;
 

@@ -3,8 +3,8 @@
 //! Production deployments bring their own PKI.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
 use zeroize::Zeroizing;
 
@@ -73,6 +73,14 @@ impl Ca {
         params.subject_alt_names = vec![SanType::URI(uri.try_into().map_err(pki_error)?)];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(params)
+    }
+
+    /// A certificate revocation list signed by this CA, PEM.
+    pub fn crl(&self, params: &CertificateRevocationListParams) -> Result<String> {
+        params
+            .signed_by(&self.issuer)
+            .and_then(|crl| crl.pem())
+            .map_err(pki_error)
     }
 
     /// Issues a certificate with arbitrary `params` (tests use this for odd cases).

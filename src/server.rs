@@ -21,10 +21,10 @@ use std::{
     time::Duration,
 };
 
-use rustls::ServerConfig;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::Server as TonicServer;
 use tonic_health::server::HealthReporter;
+use tower::layer::util::{Identity, Stack};
 
 use crate::{
     api::{
@@ -41,13 +41,16 @@ use crate::{
     error::{Error, Result},
     keys::{KeyringHandle, Keys, REWRAP_BATCH},
     store::{SqliteStore, TokenStore},
-    tls::{self, TlsIncoming},
+    telemetry::{GrpcLayer, Telemetry},
+    tls::{Reload, TlsIncoming, TlsMaterial},
     tokens::{Tokens, UsageSettings},
 };
 
 /// Longest a connection lives before the server asks the client to reconnect
 /// (so a certificate that stopped being trusted stops working).
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(10 * 60);
+/// How long an aged connection may finish its calls before it is closed.
+const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
 /// Longest a single request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests get to finish once shutdown is requested.
@@ -57,37 +60,65 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 /// A server that passed every start-up check and is ready to listen.
 pub struct Server {
+    telemetry: Telemetry,
     tokens: Tokens,
     keys: Keys,
     policy: Arc<PolicyHandle>,
     policy_path: PathBuf,
     flush_interval: Duration,
-    admin_tls: Arc<ServerConfig>,
-    internal_tls: Arc<ServerConfig>,
+    admin_tls: Arc<TlsMaterial>,
+    internal_tls: Arc<TlsMaterial>,
+    tls_reload_interval: Duration,
+    /// SIGHUP, registered when the server opens: from then on a SIGHUP
+    /// reloads TLS material (and the policy) instead of ending the process.
+    hangup: Option<Hangup>,
 }
+
+#[cfg(unix)]
+type Hangup = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangup = ();
 
 impl Server {
     /// Loads and checks everything `config` names, taking the root key from
     /// its configured source.
     pub async fn open(config: &Config) -> Result<Self> {
-        let source = config.store.key_source()?;
-        Self::open_with(config, source).await
+        Self::open_with(config, Telemetry::new(), config.store.key_source()?).await
     }
 
-    /// Like [`Server::open`], with the root key source given (the binary
-    /// reads an environment key early and removes it from the environment).
-    /// Blocking work (key derivation, SQLite) runs on the blocking pool.
-    pub async fn open_with(config: &Config, source: KeySource) -> Result<Self> {
+    /// Like [`Server::open`], recording metrics and readiness into
+    /// `telemetry` (which an already running `/readyz` may be reporting), with
+    /// the root key from `source` (the binary reads an environment key early
+    /// and removes it from the environment). Blocking work (key derivation,
+    /// SQLite) runs on the blocking pool.
+    pub async fn open_with(
+        config: &Config,
+        telemetry: Telemetry,
+        source: KeySource,
+    ) -> Result<Self> {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || Self::open_blocking(&config, &source))
-            .await
-            .map_err(|e| Error::Internal(format!("start-up task failed: {e}")))?
+        let mut server =
+            tokio::task::spawn_blocking(move || Self::open_blocking(&config, telemetry, &source))
+                .await
+                .map_err(|e| Error::Internal(format!("start-up task failed: {e}")))??;
+        #[cfg(unix)]
+        {
+            server.hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .inspect_err(|e| tracing::warn!(error = %e, "SIGHUP reloads are unavailable"))
+                .ok();
+        }
+        Ok(server)
     }
 
-    fn open_blocking(config: &Config, source: &KeySource) -> Result<Self> {
+    /// The metrics and readiness of this server.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    fn open_blocking(config: &Config, telemetry: Telemetry, source: &KeySource) -> Result<Self> {
         let policy = Policy::load(&config.policy)?;
-        let admin_tls = tls::server_config(&config.admin)?;
-        let internal_tls = tls::server_config(&config.internal)?;
+        let admin_tls = TlsMaterial::load(&config.admin, "admin")?;
+        let internal_tls = TlsMaterial::load(&config.internal, "internal")?;
         let material = source.load()?;
         let mut store = SqliteStore::open(&config.store.database)?;
         if let Some(path) = &config.audit.jsonl {
@@ -114,7 +145,9 @@ impl Server {
         let store: Arc<dyn TokenStore> = Arc::new(store);
         let handle = Arc::new(KeyringHandle::new(root, keyring));
         let tokens = Tokens::new(store.clone(), handle.clone(), settings);
+        telemetry.set_token_source(tokens.clone());
         Ok(Self {
+            telemetry,
             keys: Keys::new(store, handle),
             tokens,
             policy: Arc::new(PolicyHandle::new(policy)),
@@ -122,6 +155,8 @@ impl Server {
             flush_interval: Duration::from_secs(config.usage.flush_interval_secs),
             admin_tls,
             internal_tls,
+            tls_reload_interval: Duration::from_secs(config.tls_reload_interval_secs.max(1)),
+            hangup: None,
         })
     }
 
@@ -176,7 +211,8 @@ impl Server {
             TokenResolverServer::new(ResolverApi::new(self.tokens.clone(), self.policy))
                 .max_decoding_message_size(MAX_REQUEST_BYTES);
 
-        let admin_server = builder()
+        let layer = GrpcLayer::new(self.telemetry.clone());
+        let admin_server = builder(layer.clone())
             .add_service(admin_health_service)
             .add_service(
                 reflection(&["aitokens.v1.TokenAdmin", "aitokens.v1.KeyAdmin"])
@@ -191,10 +227,14 @@ impl Server {
             .add_service(admin_api)
             .add_service(key_admin_api)
             .serve_with_incoming_shutdown(
-                TlsIncoming::new(admin, self.admin_tls, "admin"),
-                stopped(stop_rx.clone(), admin_health.clone()),
+                TlsIncoming::new(admin, self.admin_tls.clone(), self.telemetry.clone()),
+                stopped(
+                    stop_rx.clone(),
+                    admin_health.clone(),
+                    self.telemetry.clone(),
+                ),
             );
-        let internal_server = builder()
+        let internal_server = builder(layer)
             .add_service(internal_health_service)
             .add_service(
                 reflection(&["aitokens.v1.TokenResolver"])
@@ -208,10 +248,23 @@ impl Server {
             )
             .add_service(resolver_api)
             .serve_with_incoming_shutdown(
-                TlsIncoming::new(internal, self.internal_tls, "internal"),
-                stopped(stop_rx.clone(), internal_health.clone()),
+                TlsIncoming::new(internal, self.internal_tls.clone(), self.telemetry.clone()),
+                stopped(
+                    stop_rx.clone(),
+                    internal_health.clone(),
+                    self.telemetry.clone(),
+                ),
             );
 
+        let reloads = tokio::spawn(reload_tls(
+            [self.admin_tls, self.internal_tls],
+            self.hangup,
+            self.tls_reload_interval,
+            self.telemetry.clone(),
+            stop_rx.clone(),
+        ));
+        // Both listeners are bound and the store and keys are loaded.
+        self.telemetry.set_ready(true);
         let servers = async { tokio::join!(admin_server, internal_server) };
         let deadline = async {
             let _ = stop_rx.wait_for(|stopped| *stopped).await;
@@ -234,21 +287,85 @@ impl Server {
         if let Err(e) = &flushed {
             tracing::error!(error = %e, "final flush of usage counters and audit events failed");
         }
+        reloads.abort();
+        // Leave the files at rest complete: fold the WAL into the database.
+        if let Err(e) = self.tokens.checkpoint().await {
+            tracing::warn!(error = %e, "final database checkpoint failed");
+        }
         tracing::info!("server stopped");
         served.and(flushed)
     }
 }
 
-fn builder() -> TonicServer {
+/// Reloads the listeners' TLS material when its files change (checked every
+/// `interval`) or on SIGHUP, until shutdown. A failed reload keeps the
+/// previous material and says why in the log and in
+/// `aitokens_tls_reloads_total{result="error"}`.
+async fn reload_tls(
+    materials: [Arc<TlsMaterial>; 2],
+    mut hangup: Option<Hangup>,
+    interval: Duration,
+    telemetry: Telemetry,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        #[cfg(unix)]
+        let sighup = async {
+            match hangup.as_mut() {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let sighup = std::future::pending::<()>();
+        let force = tokio::select! {
+            () = sighup => true,
+            () = tokio::time::sleep(interval) => false,
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        };
+        if force {
+            tracing::info!("SIGHUP: reloading TLS material");
+        }
+        for material in &materials {
+            let outcome = {
+                let material = material.clone();
+                tokio::task::spawn_blocking(move || material.reload(force)).await
+            };
+            let listener = material.name();
+            match outcome {
+                Ok(Reload::Unchanged) => {}
+                Ok(Reload::Reloaded) => {
+                    tracing::info!(listener, "TLS material reloaded; new connections use it");
+                    telemetry.tls_reloaded(listener, true);
+                }
+                Ok(Reload::Failed(e)) => {
+                    tracing::warn!(listener, error = %e, "TLS reload failed; keeping the previous certificate, client CA and CRLs");
+                    telemetry.tls_reloaded(listener, false);
+                }
+                Err(e) => tracing::warn!(listener, error = %e, "TLS reload task failed"),
+            }
+        }
+    }
+}
+
+fn builder(layer: GrpcLayer) -> TonicServer<Stack<GrpcLayer, Identity>> {
     TonicServer::builder()
         .timeout(REQUEST_TIMEOUT)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .max_connection_age(MAX_CONNECTION_AGE)
+        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(layer)
 }
 
 /// Reflection for aitokens `services` plus health and reflection itself.
+///
+/// The `google.rpc` descriptors (from tonic-types, the crate that builds our
+/// error details) let grpcurl and other reflection clients decode ErrorInfo,
+/// BadRequest and PreconditionFailure details instead of showing raw bytes.
 fn reflection(services: &[&str]) -> tonic_reflection::server::Builder<'static> {
     services
         .iter()
@@ -258,6 +375,7 @@ fn reflection(services: &[&str]) -> tonic_reflection::server::Builder<'static> {
         )
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .with_service_name("grpc.health.v1.Health")
         .with_service_name("grpc.reflection.v1.ServerReflection")
         .with_service_name("grpc.reflection.v1alpha.ServerReflection")
@@ -376,9 +494,11 @@ async fn reload_policy(policy: Arc<PolicyHandle>, path: PathBuf, mut stop: watch
 }
 
 /// Resolves when shutdown is requested, after marking the listener's health
-/// NOT_SERVING so that load balancers stop sending new work.
-async fn stopped(mut stop: watch::Receiver<bool>, health: HealthReporter) {
+/// NOT_SERVING and `/readyz` not ready, so that load balancers stop sending
+/// new work.
+async fn stopped(mut stop: watch::Receiver<bool>, health: HealthReporter, telemetry: Telemetry) {
     let _ = stop.wait_for(|stopped| *stopped).await;
+    telemetry.set_ready(false);
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;

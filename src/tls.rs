@@ -1,20 +1,22 @@
 //! TLS for both listeners: our own rustls acceptor (rather than tonic's) so
-//! that session resumption is off and client certificates are always required,
-//! and so that revocation lists and reloads can be added here.
+//! that session resumption is off, client certificates are always required,
+//! revocation lists are enforced (expiry included), and certificates, client
+//! CAs and CRLs reload from their files without dropping connections.
 
 use std::{
     io,
+    os::unix::fs::MetadataExt,
     path::Path,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, RwLock},
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use rustls::{
-    RootCertStore, ServerConfig,
+    CertificateError, RootCertStore, ServerConfig,
     crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, pem::PemObject},
     server::{NoServerSessionStorage, WebPkiClientVerifier},
 };
 use tokio::{
@@ -28,6 +30,7 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use crate::{
     config::ListenerConfig,
     error::{Error, Result},
+    telemetry::Telemetry,
 };
 
 /// How long a client has to finish the TLS handshake.
@@ -41,8 +44,9 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Builds a server config that requires a client certificate chaining to the
-/// listener's client CA, speaks only HTTP/2, and never resumes sessions (a
-/// resumed session would skip the client-certificate check).
+/// listener's client CA (and not revoked by its CRLs, if any), speaks only
+/// HTTP/2, and never resumes sessions (a resumed session would skip the
+/// client-certificate and revocation checks).
 pub fn server_config(listener: &ListenerConfig) -> Result<Arc<ServerConfig>> {
     let provider = provider();
     let chain = read_certs(&listener.cert, "server certificate")?;
@@ -54,9 +58,23 @@ pub fn server_config(listener: &ListenerConfig) -> Result<Arc<ServerConfig>> {
             Error::Startup(format!("client CA {}: {e}", listener.client_ca.display()))
         })?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| Error::Startup(format!("client CA {}: {e}", listener.client_ca.display())))?;
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if !listener.crls.is_empty() {
+        let mut crls = Vec::new();
+        for path in &listener.crls {
+            crls.extend(read_crls(path)?);
+        }
+        // An expired CRL is refused rather than trusted (rustls' default is
+        // to ignore expiry); unknown status is refused (the default).
+        verifier = verifier.with_crls(crls).enforce_revocation_expiration();
+    }
+    let verifier = verifier.build().map_err(|e| {
+        Error::Startup(format!(
+            "client CA {} / CRLs: {e}",
+            listener.client_ca.display()
+        ))
+    })?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Startup(format!("TLS: {e}")))?
@@ -87,6 +105,120 @@ fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>> {
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<std::result::Result<Vec<_>, _>>())
+        .map_err(|e| Error::Startup(format!("CRL {}: {e}", path.display())))?;
+    if crls.is_empty() {
+        return Err(Error::Startup(format!(
+            "CRL {}: no revocation list in file",
+            path.display()
+        )));
+    }
+    Ok(crls)
+}
+
+/// The TLS material of one listener, rebuilt from its files when they change.
+///
+/// Each new connection takes the current [`ServerConfig`]; established
+/// connections keep theirs (and end within the server's maximum connection
+/// age). A reload that fails leaves the previous material in place.
+pub struct TlsMaterial {
+    listener: ListenerConfig,
+    name: &'static str,
+    current: RwLock<Arc<ServerConfig>>,
+    /// What the files looked like when last loaded (or last tried).
+    stamp: Mutex<FileStamp>,
+}
+
+/// Size, modification time and inode of each file: a cheap change detector
+/// that never reads key material.
+#[derive(Debug, PartialEq, Eq)]
+struct FileStamp(Vec<Option<(u64, Option<SystemTime>, u64)>>);
+
+impl FileStamp {
+    fn of(listener: &ListenerConfig) -> Self {
+        let files = [&listener.cert, &listener.key, &listener.client_ca]
+            .into_iter()
+            .chain(&listener.crls);
+        Self(
+            files
+                .map(|path| {
+                    std::fs::metadata(path)
+                        .ok()
+                        .map(|m| (m.len(), m.modified().ok(), m.ino()))
+                })
+                .collect(),
+        )
+    }
+}
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum Reload {
+    /// No file changed (and none was forced).
+    Unchanged,
+    /// New material is in use for new connections.
+    Reloaded,
+    /// The files are bad; the previous material stays in use.
+    Failed(Error),
+}
+
+impl TlsMaterial {
+    /// Loads the listener's material; fails if it is unusable (at start-up).
+    pub fn load(listener: &ListenerConfig, name: &'static str) -> Result<Arc<Self>> {
+        let stamp = FileStamp::of(listener);
+        let config = server_config(listener)?;
+        Ok(Arc::new(Self {
+            listener: listener.clone(),
+            name,
+            current: RwLock::new(config),
+            stamp: Mutex::new(stamp),
+        }))
+    }
+
+    /// The listener's name (`admin` or `internal`).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The config for a new connection.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Rebuilds the config if a file changed since the last attempt, or
+    /// always when `force` (SIGHUP). Blocking: reads files.
+    pub fn reload(&self, force: bool) -> Reload {
+        let stamp = FileStamp::of(&self.listener);
+        {
+            let mut last = self
+                .stamp
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !force && *last == stamp {
+                return Reload::Unchanged;
+            }
+            // Remember this attempt even if it fails: a bad file is reported
+            // once, and retried when it changes again (or on SIGHUP).
+            *last = stamp;
+        }
+        match server_config(&self.listener) {
+            Ok(config) => {
+                *self
+                    .current
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
+                Reload::Reloaded
+            }
+            Err(e) => Reload::Failed(e),
+        }
+    }
+}
+
 /// A stream of established TLS connections for `serve_with_incoming`.
 /// Handshakes run concurrently, each bounded by a timeout, so a slow or
 /// hostile client cannot hold up others. Dropping it stops accepting.
@@ -96,10 +228,12 @@ pub struct TlsIncoming {
 }
 
 impl TlsIncoming {
-    /// Starts accepting on `listener` with `config`.
-    pub fn new(listener: TcpListener, config: Arc<ServerConfig>, name: &'static str) -> Self {
+    /// Starts accepting on `listener`, each connection with the material
+    /// current when it arrives.
+    /// Refused and timed-out handshakes are logged and counted in `telemetry`.
+    pub fn new(listener: TcpListener, material: Arc<TlsMaterial>, telemetry: Telemetry) -> Self {
         let (tx, rx) = mpsc::channel(HANDSHAKE_QUEUE);
-        let acceptor = TlsAcceptor::from(config);
+        let name = material.name();
         let accept_loop = tokio::spawn(async move {
             loop {
                 let (tcp, peer) = match listener.accept().await {
@@ -115,7 +249,8 @@ impl TlsIncoming {
                     break;
                 }
                 let _ = tcp.set_nodelay(true);
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                let (acceptor, tx) = (TlsAcceptor::from(material.current()), tx.clone());
+                let telemetry = telemetry.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
@@ -123,9 +258,11 @@ impl TlsIncoming {
                         }
                         Ok(Err(e)) => {
                             tracing::info!(listener = name, %peer, error = %e, "TLS handshake refused");
+                            telemetry.handshake_failed(name, refusal_reason(&e));
                         }
                         Err(_) => {
                             tracing::info!(listener = name, %peer, "TLS handshake timed out");
+                            telemetry.handshake_failed(name, "timeout");
                         }
                     }
                 });
@@ -135,6 +272,30 @@ impl TlsIncoming {
             connections: ReceiverStream::new(rx),
             accept_loop,
         }
+    }
+}
+
+/// A short, fixed label for why a handshake failed (for metrics).
+fn refusal_reason(error: &io::Error) -> &'static str {
+    let rustls_error = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(rustls::Error::NoCertificatesPresented) => "no_client_certificate",
+        Some(rustls::Error::InvalidCertificate(cert)) => match cert {
+            CertificateError::Revoked => "revoked",
+            CertificateError::UnknownRevocationStatus
+            | CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. } => "revocation_status",
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. } => "validity",
+            CertificateError::UnknownIssuer => "unknown_issuer",
+            _ => "invalid_certificate",
+        },
+        Some(_) => "tls_error",
+        None => "io_error",
     }
 }
 

@@ -165,6 +165,11 @@ pub trait TokenStore: Send + Sync + 'static {
     fn replace_keyring(&self, records: &KeyringRecords, events: &[AuditEvent]) -> Result<()>;
     /// Rebuilds the file so no deleted content lingers in free pages.
     fn vacuum(&self) -> Result<()>;
+    /// How many tokens the store holds, across tenants (for metrics).
+    fn count(&self) -> Result<u64>;
+    /// Folds the write-ahead log into the database file and truncates it
+    /// (at shutdown, so the files at rest are complete and minimal).
+    fn checkpoint(&self) -> Result<()>;
     /// Copies the live database to `dest` with SQLite's online backup.
     fn backup(&self, dest: &std::path::Path) -> Result<()>;
     /// Up to `limit` tokens after sequence `after_seq`, every tenant, with

@@ -3,7 +3,7 @@
 //! No gRPC and no SQL in here. Handlers parse names with [`TokenName`] and
 //! [`TenantId`], authorize the caller, then call [`Tokens`]; [`Tokens`]
 //! enforces the rules (validation, uniqueness, etags, immutable values,
-//! what blocks a removal), seals and opens values through the [`Keyring`],
+//! what blocks a removal), seals and opens values through the [`crate::crypto::Keyring`],
 //! records usage in memory, and persists through a [`TokenStore`], always
 //! off the async executor. Every mutation carries its audit event into the
 //! store's transaction.
@@ -264,6 +264,18 @@ impl Tokens {
             store.insert(record, &sealed, replaces.as_ref(), &[event])
         })
         .await
+    }
+
+    /// Checkpoints the store (see [`TokenStore::checkpoint`]).
+    pub async fn checkpoint(&self) -> Result<()> {
+        let store = self.store.clone();
+        blocking(move || store.checkpoint()).await
+    }
+
+    /// How many tokens exist, across tenants.
+    pub async fn count(&self) -> Result<u64> {
+        let store = self.store.clone();
+        blocking(move || store.count()).await
     }
 
     /// A token's metadata, usage included (pending counters too).

@@ -17,16 +17,23 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::{admin::contains, common::create_request};
 
-struct Dev {
-    child: Child,
+pub struct Dev {
+    pub child: Child,
     /// Drains stderr while the server runs (a full pipe would block it).
     stderr: std::thread::JoinHandle<String>,
-    admin: SocketAddr,
-    internal: SocketAddr,
+    pub admin: SocketAddr,
+    pub internal: SocketAddr,
+    /// The plain-HTTP metrics listener.
+    pub metrics: SocketAddr,
 }
 
 /// Starts `aitokens dev` on ephemeral ports and reads the addresses it prints.
-fn start_dev(dir: &std::path::Path) -> Dev {
+pub fn start_dev(dir: &std::path::Path) -> Dev {
+    start_dev_with(dir, &[])
+}
+
+/// [`start_dev`] with more command-line arguments.
+pub fn start_dev_with(dir: &std::path::Path, extra: &[&str]) -> Dev {
     let mut child = Command::new(env!("CARGO_BIN_EXE_aitokens"))
         .args(["dev", "--dir"])
         .arg(dir)
@@ -35,7 +42,10 @@ fn start_dev(dir: &std::path::Path) -> Dev {
             "127.0.0.1:0",
             "--internal-addr",
             "127.0.0.1:0",
+            "--metrics-port",
+            "0",
         ])
+        .args(extra)
         .env("RUST_LOG", "trace")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -50,8 +60,8 @@ fn start_dev(dir: &std::path::Path) -> Dev {
     });
     let stdout = BufReader::new(child.stdout.take().expect("stdout"));
     let mut addrs = Vec::new();
-    let mut lines = stdout.lines();
-    for line in lines.by_ref() {
+    let mut metrics = None;
+    for line in stdout.lines() {
         let line = line.expect("stdout line");
         if line.contains("listener (aitokens.v1.") {
             addrs.extend(
@@ -59,52 +69,24 @@ fn start_dev(dir: &std::path::Path) -> Dev {
                     .filter_map(|w| w.parse::<SocketAddr>().ok()),
             );
         }
-        if addrs.len() == 2 {
+        if let Some(url) = line.trim().strip_prefix("metrics  http://") {
+            metrics = url.split('/').next().and_then(|a| a.parse().ok());
+        }
+        if addrs.len() == 2 && metrics.is_some() {
             break;
         }
     }
     assert_eq!(addrs.len(), 2, "aitokens dev did not print both addresses");
-    // Keep reading, like a terminal would, for as long as the server runs.
-    std::thread::spawn(move || lines.for_each(drop));
     Dev {
         child,
         stderr,
         admin: addrs[0],
         internal: addrs[1],
+        metrics: metrics.expect("aitokens dev printed its metrics address"),
     }
 }
 
-/// A channel to the dev server; if it cannot connect, stops the server and
-/// fails with what the server logged about it.
-async fn channel(
-    dev: &mut Option<Dev>,
-    dir: &std::path::Path,
-    addr: SocketAddr,
-    who: &str,
-) -> Channel {
-    match try_channel(dir, addr, who).await {
-        Ok(channel) => channel,
-        Err(e) => {
-            let mut dev = dev.take().expect("dev server");
-            let _ = dev.child.kill();
-            let logs = dev.stderr.join().unwrap_or_default();
-            let relevant: Vec<&str> = logs
-                .lines()
-                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("handshake"))
-                .collect();
-            panic!(
-                "connect to {addr} as {who}: {e:?}\nserver said:\n{}",
-                relevant.join("\n")
-            );
-        }
-    }
-}
-
-async fn try_channel(
-    dir: &std::path::Path,
-    addr: SocketAddr,
-    who: &str,
-) -> Result<Channel, tonic::transport::Error> {
+pub async fn channel(dir: &std::path::Path, addr: SocketAddr, who: &str) -> Channel {
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("read");
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read("ca.pem")))
@@ -115,13 +97,15 @@ async fn try_channel(
         .domain_name("localhost");
     Channel::from_shared(format!("https://{addr}"))
         .expect("uri")
-        .tls_config(tls)?
+        .tls_config(tls)
+        .expect("tls")
         .connect()
         .await
+        .expect("connect")
 }
 
 /// Sends SIGTERM and waits (bounded) for a clean exit; returns stderr.
-async fn stop(mut dev: Dev) -> String {
+pub async fn stop(mut dev: Dev) -> String {
     let status = Command::new("kill")
         .args(["-TERM", &dev.child.id().to_string()])
         .status()
@@ -146,8 +130,7 @@ async fn stop(mut dev: Dev) -> String {
 #[tokio::test]
 async fn dev_serves_reuses_its_folder_and_never_logs_a_value() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut dev = Some(start_dev(dir.path()));
-    let (admin_addr, internal_addr) = dev.as_ref().map(|d| (d.admin, d.internal)).expect("dev");
+    let dev = start_dev(dir.path());
     let master_key = std::fs::read(dir.path().join("master.key")).expect("master key written");
     for file in [
         "ca.pem",
@@ -167,9 +150,8 @@ async fn dev_serves_reuses_its_folder_and_never_logs_a_value() {
     let canaries: Vec<String> = (0..50)
         .map(|i| format!("sk-logcanary-{i:03}-c0ffee"))
         .collect();
-    let mut admin = TokenAdminClient::new(channel(&mut dev, dir.path(), admin_addr, "admin").await);
-    let mut resolver =
-        TokenResolverClient::new(channel(&mut dev, dir.path(), internal_addr, "agent").await);
+    let mut admin = TokenAdminClient::new(channel(dir.path(), dev.admin, "admin").await);
+    let mut resolver = TokenResolverClient::new(channel(dir.path(), dev.internal, "agent").await);
     for (i, value) in canaries.iter().enumerate() {
         admin
             .create_token(create_request("acme", &format!("t{i}"), value))
@@ -199,8 +181,7 @@ async fn dev_serves_reuses_its_folder_and_never_logs_a_value() {
         .await
         .expect_err("no display name");
     // A denied resolve (admin identity on the internal listener).
-    let mut denied =
-        TokenResolverClient::new(channel(&mut dev, dir.path(), internal_addr, "admin").await);
+    let mut denied = TokenResolverClient::new(channel(dir.path(), dev.internal, "admin").await);
     denied
         .resolve_token(ResolveTokenRequest {
             name: "tenants/acme/tokens/t3".into(),
@@ -209,7 +190,7 @@ async fn dev_serves_reuses_its_folder_and_never_logs_a_value() {
         .expect_err("denied");
     drop((admin, resolver, denied));
 
-    let logs = stop(dev.take().expect("dev server")).await;
+    let logs = stop(dev).await;
     assert!(logs.contains("TRACE"), "trace logging was not on");
     assert!(logs.contains("resolve denied"), "the denial was not logged");
     for value in &canaries {
@@ -226,14 +207,12 @@ async fn dev_serves_reuses_its_folder_and_never_logs_a_value() {
     }
 
     // A second run reuses the folder: same master key, tokens still there.
-    let mut dev = Some(start_dev(dir.path()));
-    let internal_addr = dev.as_ref().expect("dev").internal;
+    let dev = start_dev(dir.path());
     assert_eq!(
         std::fs::read(dir.path().join("master.key")).expect("key"),
         master_key
     );
-    let mut resolver =
-        TokenResolverClient::new(channel(&mut dev, dir.path(), internal_addr, "agent").await);
+    let mut resolver = TokenResolverClient::new(channel(dir.path(), dev.internal, "agent").await);
     let got = resolver
         .resolve_token(ResolveTokenRequest {
             name: "tenants/acme/tokens/t7".into(),
@@ -242,5 +221,5 @@ async fn dev_serves_reuses_its_folder_and_never_logs_a_value() {
         .expect("resolve after restart");
     assert_eq!(got.get_ref().value, canaries[7]);
     drop(resolver);
-    stop(dev.take().expect("dev server")).await;
+    stop(dev).await;
 }

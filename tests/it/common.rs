@@ -16,6 +16,7 @@ use aitokens::{
     dev,
     pki::{Ca, Issued},
     server::Server,
+    telemetry::Telemetry,
 };
 use tempfile::TempDir;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -30,6 +31,8 @@ pub struct TestServer {
     pub config: Config,
     pub admin_addr: SocketAddr,
     pub internal_addr: SocketAddr,
+    /// The server's metrics and readiness.
+    pub telemetry: Telemetry,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<aitokens::Result<()>>>,
 }
@@ -43,6 +46,7 @@ impl TestServer {
     /// Starts a server over an existing data folder.
     pub async fn start_in(dir: TempDir, config: Config) -> Self {
         let server = Server::open(&config).await.expect("server opens");
+        let telemetry = server.telemetry().clone();
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let internal = TcpListener::bind("127.0.0.1:0")
             .await
@@ -58,6 +62,7 @@ impl TestServer {
             config,
             admin_addr,
             internal_addr,
+            telemetry,
             stop: Some(stop),
             task: Some(task),
         }
@@ -167,7 +172,7 @@ impl Setup {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let any = "127.0.0.1:0".parse().expect("addr");
-        let setup = dev::prepare(dir.path(), any, any).expect("prepare data folder");
+        let setup = dev::prepare(dir.path(), any, any, None).expect("prepare data folder");
         Self {
             dir,
             config: setup.config,

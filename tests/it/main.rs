@@ -5,10 +5,16 @@
 mod admin;
 mod audit;
 mod binary;
+mod cli;
 mod common;
+mod deploy;
 mod keys;
 mod lifecycle;
 mod mtls;
+mod observability;
+mod readme;
+mod reload;
 mod rotation;
+mod shutdown;
 mod store;
 mod validation;

@@ -456,6 +456,16 @@ impl TokenStore for SqliteStore {
         self.truncate_wal()
     }
 
+    fn count(&self) -> Result<u64> {
+        let conn = self.reader();
+        let count: i64 = conn.query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get(0))?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    fn checkpoint(&self) -> Result<()> {
+        self.truncate_wal()
+    }
+
     fn vacuum(&self) -> Result<()> {
         let conn = self.writer();
         conn.execute_batch("VACUUM")?;

@@ -1,0 +1,193 @@
+//! The `aitokens` command line.
+//!
+//! Two kinds of commands share one binary:
+//!
+//! - **server** commands ([`Command::Dev`], [`Command::Serve`]) run the
+//!   service itself;
+//! - **client** commands ([`Command::Token`]) talk to a running server over
+//!   gRPC with mutual TLS, with connection settings from flags, environment
+//!   variables or a profile file that `aitokens dev` writes.
+//!
+//! `main.rs` only parses, sets up logging and calls [`run`].
+
+mod connect;
+mod offline;
+mod output;
+mod profile;
+mod report;
+mod server;
+mod token;
+mod value;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+
+use crate::crypto::KeySource;
+
+pub use connect::ConnectArgs;
+pub use offline::{AuditCommand, BackupArgs, InitArgs, KeysCommand, RestoreArgs};
+pub use output::OutputFormat;
+pub use profile::{ClientIdentity, DEV_PROFILE, Profile};
+pub use server::{DevArgs, ServeArgs};
+pub use token::TokenArgs;
+
+/// aitokens: a secrets service for AI tokens, over gRPC with mutual TLS.
+#[derive(Debug, Parser)]
+#[command(
+    name = "aitokens",
+    version,
+    about,
+    long_about = "aitokens: a secrets service for AI tokens, over gRPC with mutual TLS.\n\n\
+        Administrators store a token once (`aitokens token create`); agent runtimes \
+        fetch its value over the internal mTLS listener (`aitokens token resolve`). \
+        `aitokens dev` runs a complete local server and writes a profile that the \
+        `token` commands find on their own.",
+    after_help = "Quick start:\n  \
+        aitokens dev                                  # in one shell\n  \
+        aitokens token create --tenant acme openai-prod   # in another; type the value\n  \
+        aitokens token list --tenant acme\n  \
+        aitokens token resolve --tenant acme openai-prod"
+)]
+pub struct Cli {
+    /// Log format on stderr: `text` for people, `json` (one object per line)
+    /// for log collectors. The level comes from RUST_LOG (default: info for
+    /// servers, warn for client commands).
+    #[arg(
+        long,
+        value_enum,
+        global = true,
+        default_value_t = LogFormat::Text,
+        env = "AITOKENS_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a local server with generated certificates, key, policy and profile.
+    ///
+    /// The first run creates DIR with a CA, a server certificate, an admin
+    /// and an agent client certificate, a master key, a policy, a config and
+    /// an empty database; later runs reuse them. Every run writes
+    /// DIR/profile.toml with the addresses it listens on, so that `aitokens
+    /// token ...` in another shell of the same directory needs no flags.
+    Dev(DevArgs),
+    /// Run the server from a config file (addresses, TLS files, policy, key, database).
+    Serve(ServeArgs),
+    /// Manage and resolve tokens on a running server (a gRPC client over mTLS).
+    Token(Box<TokenArgs>),
+    /// Create an empty database bound to a root key (a key file, created if
+    /// absent, or a passphrase stretched with Argon2id). Passphrases are
+    /// never taken from the command line.
+    Init(InitArgs),
+    /// Key lifecycle: status, rotation, destruction of old versions, rekey.
+    Keys {
+        /// What to do with the keys.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Copy the database while the server serves (SQLite online backup).
+    /// Values stay encrypted; the root key is not in the copy.
+    Backup(BackupArgs),
+    /// Replace a database with a backup, after checking that the root key
+    /// opens it and every value in it. Stop the server first.
+    Restore(RestoreArgs),
+    /// Inspect the audit trail.
+    Audit {
+        /// What to do with the trail.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Print a shell completion script.
+    ///
+    /// bash: `source <(aitokens completions bash)`;
+    /// zsh: `aitokens completions zsh > "${fpath[1]}/_aitokens"`;
+    /// fish: `aitokens completions fish > ~/.config/fish/completions/aitokens.fish`.
+    Completions {
+        /// The shell to write completions for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Command {
+    /// The log level when RUST_LOG is unset: servers narrate, clients stay quiet.
+    pub fn default_log_level(&self) -> &'static str {
+        match self {
+            Self::Dev(_) | Self::Serve(_) => "info",
+            Self::Token(_)
+            | Self::Completions { .. }
+            | Self::Init(_)
+            | Self::Keys { .. }
+            | Self::Backup(_)
+            | Self::Restore(_)
+            | Self::Audit { .. } => "warn",
+        }
+    }
+}
+
+/// Runs a parsed command line and returns the process exit code.
+///
+/// Exit codes: 0 success; 1 the server refused the request (the gRPC status
+/// is printed); 2 bad usage or missing settings; 3 no connection, or a local
+/// file could not be read.
+pub async fn run(cli: Cli, key_source: Option<KeySource>) -> ExitCode {
+    match cli.command {
+        Command::Dev(args) => server::dev(args).await,
+        Command::Serve(args) => server::serve(args, key_source).await,
+        Command::Token(args) => token::run(*args).await,
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "aitokens", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Init(_)
+        | Command::Keys { .. }
+        | Command::Backup(_)
+        | Command::Restore(_)
+        | Command::Audit { .. } => match run_offline(cli.command) {
+            Ok(code) => code,
+            Err(_) => ExitCode::FAILURE,
+        },
+    }
+}
+
+/// Runs the commands that need no async runtime (database and key
+/// maintenance); hands any other command back.
+pub fn run_offline(command: Command) -> std::result::Result<ExitCode, Command> {
+    let result = match command {
+        Command::Init(args) => offline::init_command(args),
+        Command::Keys { command } => offline::keys(command),
+        Command::Backup(args) => offline::backup_command(args),
+        Command::Restore(args) => offline::restore_command(args),
+        Command::Audit { command } => offline::audit_command(command),
+        other => return Err(other),
+    };
+    Ok(offline::exit_code(result))
+}
+
+/// Whether a command runs the service (and so should harden the process).
+impl Command {
+    /// The config of `aitokens serve`, loaded early: the binary takes an
+    /// environment key out of the environment before any thread starts.
+    pub fn serve_config(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Serve(args) => Some(&args.config),
+            _ => None,
+        }
+    }
+}

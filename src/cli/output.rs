@@ -1,0 +1,139 @@
+//! Printing results: aligned text for people, JSON for scripts.
+//!
+//! JSON objects use the proto field names (`token_id`, `create_time`, ...),
+//! with timestamps as RFC 3339 strings, like the protobuf JSON mapping.
+
+use std::io::Write;
+
+use clap::ValueEnum;
+use prost_types::Timestamp;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use crate::api::pb::Token;
+
+/// `--output`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned text for people.
+    #[default]
+    Table,
+    /// JSON for scripts (errors too, on stderr).
+    Json,
+}
+
+/// Prints one token's metadata.
+pub fn token(format: OutputFormat, token: &Token) {
+    match format {
+        OutputFormat::Json => println!("{}", token_json(token)),
+        OutputFormat::Table => {
+            let rows = [
+                ("name", token.name.clone()),
+                ("token_id", token.token_id.clone()),
+                ("display_name", token.display_name.clone()),
+                ("create_time", time(token.create_time.as_ref())),
+                ("update_time", time(token.update_time.as_ref())),
+                ("etag", token.etag.clone()),
+            ];
+            for (key, value) in rows {
+                println!("{key:<13} {value}");
+            }
+        }
+    }
+}
+
+/// Prints a listing.
+pub fn tokens(format: OutputFormat, parent: &str, tokens: &[Token]) {
+    match format {
+        OutputFormat::Json => {
+            let tokens: Vec<Value> = tokens.iter().map(token_json).collect();
+            println!("{}", json!({ "tokens": tokens }));
+        }
+        OutputFormat::Table if tokens.is_empty() => println!("no tokens in {parent}"),
+        OutputFormat::Table => {
+            let header = ["TOKEN ID", "DISPLAY NAME", "CREATED", "UPDATED", "ETAG"];
+            let rows: Vec<[String; 5]> = tokens
+                .iter()
+                .map(|t| {
+                    [
+                        t.token_id.clone(),
+                        t.display_name.clone(),
+                        time(t.create_time.as_ref()),
+                        time(t.update_time.as_ref()),
+                        t.etag.clone(),
+                    ]
+                })
+                .collect();
+            let mut widths = header.map(|h| h.chars().count());
+            for row in &rows {
+                for (width, cell) in widths.iter_mut().zip(row) {
+                    *width = (*width).max(cell.chars().count());
+                }
+            }
+            let line = |cells: [&str; 5]| {
+                let mut text = String::new();
+                for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+                    if i + 1 == cells.len() {
+                        text.push_str(cell);
+                    } else {
+                        text.push_str(&format!("{cell:<width$}  "));
+                    }
+                }
+                text
+            };
+            println!("{}", line(header));
+            for row in &rows {
+                println!("{}", line(row.each_ref().map(String::as_str)));
+            }
+        }
+    }
+}
+
+/// Prints the outcome of a removal.
+pub fn removed(format: OutputFormat, name: &str) {
+    match format {
+        OutputFormat::Json => println!("{}", json!({ "name": name, "removed": true })),
+        OutputFormat::Table => println!("removed {name}"),
+    }
+}
+
+/// Prints a resolved value: bare (plus a newline) in table mode so that
+/// `$(aitokens token resolve ...)` yields exactly the value.
+pub fn value(format: OutputFormat, name: &str, value: &str) -> std::io::Result<()> {
+    // Built by hand (not through a serde_json::Value) so that the one copy of
+    // the value sits in a buffer that is zeroized on drop.
+    let text = Zeroizing::new(match format {
+        OutputFormat::Json => {
+            let quoted = Zeroizing::new(serde_json::to_string(value)?);
+            format!("{{\"name\":{},\"value\":{}}}", Value::from(name), *quoted)
+        }
+        OutputFormat::Table => value.to_owned(),
+    });
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.write_all(b"\n")?;
+    stdout.flush()
+}
+
+fn token_json(token: &Token) -> Value {
+    json!({
+        "name": token.name,
+        "token_id": token.token_id,
+        "display_name": token.display_name,
+        "create_time": time(token.create_time.as_ref()),
+        "update_time": time(token.update_time.as_ref()),
+        "etag": token.etag,
+    })
+}
+
+/// RFC 3339 in UTC, to the second.
+fn time(t: Option<&Timestamp>) -> String {
+    t.map(|t| {
+        Timestamp {
+            seconds: t.seconds,
+            nanos: 0,
+        }
+        .to_string()
+    })
+    .unwrap_or_default()
+}

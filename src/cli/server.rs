@@ -1,0 +1,241 @@
+//! `aitokens dev` and `aitokens serve`: run the service.
+
+use std::{
+    io::Write,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use clap::Args;
+use tokio::{net::TcpListener, sync::oneshot};
+
+use super::profile::{DEV_PROFILE, Profile};
+use crate::{
+    Error, Result,
+    config::Config,
+    crypto::KeySource,
+    dev,
+    server::Server,
+    telemetry::{Telemetry, serve_http},
+};
+
+/// Options of `aitokens dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Data folder (created on first run, reused later).
+    #[arg(long, default_value = "aitokens-dev")]
+    pub dir: PathBuf,
+    /// Address of the admin listener (TokenAdmin). Port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub admin_addr: SocketAddr,
+    /// Address of the internal listener (TokenResolver). Port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    pub internal_addr: SocketAddr,
+    /// Port of the plain-HTTP metrics listener on 127.0.0.1 (/metrics,
+    /// /healthz, /readyz). 0 picks a free port.
+    #[arg(long, default_value_t = 9090)]
+    pub metrics_port: u16,
+}
+
+/// Options of `aitokens serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The config file (TOML); relative paths in it are relative to it.
+    #[arg(long, short, env = "AITOKENS_CONFIG")]
+    pub config: PathBuf,
+}
+
+/// Runs `aitokens dev` until SIGINT or SIGTERM.
+pub async fn dev(args: DevArgs) -> ExitCode {
+    exit_code(run_dev(args).await)
+}
+
+/// Runs `aitokens serve` until SIGINT or SIGTERM, with the root key from
+/// `source` when the binary already took it (an environment key), else from
+/// the config.
+pub async fn serve(args: ServeArgs, source: Option<KeySource>) -> ExitCode {
+    exit_code(run_serve(args, source).await)
+}
+
+fn exit_code(result: Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aitokens: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_dev(args: DevArgs) -> Result<()> {
+    let DevArgs {
+        dir,
+        admin_addr,
+        internal_addr,
+        metrics_port,
+    } = args;
+    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], metrics_port));
+    let setup = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            dev::prepare(&dir, admin_addr, internal_addr, Some(metrics_addr))
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??
+    };
+    for path in &setup.created {
+        tracing::info!(path = %path.display(), "created");
+    }
+    let source = setup.config.store.key_source()?;
+    run_server(&setup.config, source, |admin, internal, metrics| {
+        Profile::for_dev(admin, internal).write(&dir.join(DEV_PROFILE))?;
+        print_dev_banner(&dir, admin, internal, metrics);
+        Ok(())
+    })
+    .await
+}
+
+async fn run_serve(args: ServeArgs, source: Option<KeySource>) -> Result<()> {
+    let config = Config::load(&args.config)?;
+    let source = match source {
+        Some(source) => source,
+        None => config.store.key_source()?,
+    };
+    run_server(&config, source, |admin, internal, metrics| {
+        tracing::info!(%admin, %internal, metrics = ?metrics, "serving");
+        Ok(())
+    })
+    .await
+}
+
+/// Binds the metrics listener (so `/healthz` answers and `/readyz` says "not
+/// ready" while keys load), opens the server, binds both gRPC listeners,
+/// calls `announce` with the bound addresses, and serves until SIGINT or
+/// SIGTERM.
+async fn run_server(
+    config: &Config,
+    source: KeySource,
+    announce: impl FnOnce(SocketAddr, SocketAddr, Option<SocketAddr>) -> Result<()>,
+) -> Result<()> {
+    let telemetry = Telemetry::new();
+    let (http_stop, http_stopped) = oneshot::channel::<()>();
+    let mut metrics_addr = None;
+    let mut http = None;
+    if let Some(metrics) = &config.metrics {
+        let listener = TcpListener::bind(metrics.listen)
+            .await
+            .map_err(|e| Error::Startup(format!("metrics listener {}: {e}", metrics.listen)))?;
+        metrics_addr = Some(local_addr(&listener)?);
+        http = Some(tokio::spawn(serve_http(
+            listener,
+            telemetry.clone(),
+            async {
+                let _ = http_stopped.await;
+            },
+        )));
+    }
+    let server = Server::open_with(config, telemetry, source).await?;
+    let (admin, internal) = bind(config).await?;
+    announce(local_addr(&admin)?, local_addr(&internal)?, metrics_addr)?;
+    let served = server.serve(admin, internal, shutdown_signal()).await;
+    let _ = http_stop.send(());
+    if let Some(http) = http {
+        match http.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "metrics listener failed"),
+            Err(e) => tracing::warn!(error = %e, "metrics listener task failed"),
+        }
+    }
+    served
+}
+
+async fn bind(config: &Config) -> Result<(TcpListener, TcpListener)> {
+    let bind_one = |what: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Startup(format!("{what} listener {addr}: {e}")))
+    };
+    Ok((
+        bind_one("admin", config.admin.listen).await?,
+        bind_one("internal", config.internal.listen).await?,
+    ))
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr> {
+    listener
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}
+
+fn print_dev_banner(
+    dir: &Path,
+    admin: SocketAddr,
+    internal: SocketAddr,
+    metrics: Option<SocketAddr>,
+) {
+    let d = dir.display();
+    let metrics = metrics.map_or_else(
+        || "off".to_owned(),
+        |addr| format!("http://{addr}/metrics  (also /healthz, /readyz)"),
+    );
+    let banner = format!(
+        r#"
+aitokens dev is running. Data folder: {d}
+  admin    listener (aitokens.v1.TokenAdmin)     {admin}     client cert {d}/admin.pem
+  internal listener (aitokens.v1.TokenResolver)  {internal}     client cert {d}/agent.pem
+  metrics  {metrics}
+Stop with Ctrl-C. Same setup in production form: aitokens serve --config {d}/config.toml
+
+Try it with the CLI from another shell in this directory (it reads {d}/{DEV_PROFILE}):
+
+  aitokens token create --tenant acme openai-prod    # type the value; it is not echoed
+  aitokens token list --tenant acme
+  aitokens token resolve --tenant acme openai-prod
+
+Or with grpcurl:
+
+  grpcurl -cacert {d}/ca.pem -cert {d}/admin.pem -key {d}/admin.key -d @ \
+    {admin} aitokens.v1.TokenAdmin/CreateToken <<'EOF'
+  {{"parent": "tenants/acme", "token_id": "openai-prod",
+   "token": {{"display_name": "OpenAI production"}}, "value": "sk-example-not-a-real-key"}}
+  EOF
+
+  grpcurl -cacert {d}/ca.pem -cert {d}/admin.pem -key {d}/admin.key \
+    -d '{{"parent": "tenants/acme"}}' {admin} aitokens.v1.TokenAdmin/ListTokens
+
+  grpcurl -cacert {d}/ca.pem -cert {d}/agent.pem -key {d}/agent.key \
+    -d '{{"name": "tenants/acme/tokens/openai-prod"}}' {internal} aitokens.v1.TokenResolver/ResolveToken
+"#
+    );
+    // One write, and a closed stdout (`aitokens dev | head`) must not stop
+    // the server: println! would panic on a broken pipe.
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(banner.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        tracing::warn!(error = %e, "could not print the banner");
+    }
+}

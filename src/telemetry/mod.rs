@@ -1,0 +1,279 @@
+//! Observability: Prometheus metrics, health and readiness over plain HTTP,
+//! and a request id on every log line of a gRPC request.
+//!
+//! - [`Telemetry`] owns the metric registry and the readiness flag. One is
+//!   shared by both gRPC listeners and the HTTP listener.
+//! - [`GrpcLayer`] wraps each tonic server: it opens a `request` span with a
+//!   request id (the caller's `x-request-id` if well-formed, else a random
+//!   one, echoed in the response) and records the call's service, method,
+//!   status code and latency.
+//! - [`serve_http`] answers `/metrics`, `/healthz` (the process is up) and
+//!   `/readyz` (the store and keys are loaded and the listeners serve).
+//!
+//! Metrics carry names, codes and reasons only: never a token id, a tenant,
+//! an identity or a value (cardinality stays bounded and nothing leaks).
+
+mod http;
+mod layer;
+
+use std::{
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+        info::Info,
+    },
+    registry::Registry,
+};
+
+pub use self::http::{HEALTH_PATH, METRICS_PATH, READY_PATH, serve_http};
+pub use layer::{GrpcLayer, GrpcService, REQUEST_ID_HEADER};
+
+use crate::tokens::Tokens;
+
+/// Labels of a gRPC call counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    service: &'static str,
+    method: &'static str,
+    code: &'static str,
+}
+
+/// Labels of a latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    service: &'static str,
+    method: &'static str,
+}
+
+/// Labels of a denied resolve.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Labels of a TLS reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    listener: &'static str,
+    result: &'static str,
+}
+
+/// Labels of a failed TLS handshake.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
+/// Metrics, readiness and the token source for the token-count gauge.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Telemetry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    requests: Family<CallLabels, Counter>,
+    latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    resolves_denied: Family<ReasonLabels, Counter>,
+    tokens: Gauge,
+    audit_failures: Counter,
+    usage_flush_failures: Counter,
+    tls_reloads: Family<ReloadLabels, Counter>,
+    handshake_failures: Family<HandshakeLabels, Counter>,
+    ready: AtomicBool,
+    token_source: OnceLock<Tokens>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 250 µs .. ~8 s, doubling.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+impl Telemetry {
+    /// A registry with every aitokens metric registered (at zero) and
+    /// readiness off.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("aitokens");
+        let requests = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "grpc_requests",
+            "gRPC calls handled, by service, method and status code",
+            requests.clone(),
+        );
+        let latency = Family::<MethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        registry.register(
+            "grpc_request_duration_seconds",
+            "Time from request to response headers, by service and method",
+            latency.clone(),
+        );
+        let resolves_denied = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "resolve_denied",
+            "ResolveToken calls refused before any lookup, by ErrorInfo reason",
+            resolves_denied.clone(),
+        );
+        let tokens = Gauge::default();
+        registry.register(
+            "tokens",
+            "Tokens in the store (all tenants), counted at scrape time",
+            tokens.clone(),
+        );
+        let audit_failures = Counter::default();
+        registry.register(
+            "audit_failures",
+            "Audit records that could not be written",
+            audit_failures.clone(),
+        );
+        let usage_flush_failures = Counter::default();
+        registry.register(
+            "usage_flush_failures",
+            "Usage-counter flushes to the store that failed",
+            usage_flush_failures.clone(),
+        );
+        let tls_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "TLS material reloads by listener and result (ok, or error: the old material stays)",
+            tls_reloads.clone(),
+        );
+        let handshake_failures = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes refused or timed out, by listener and reason \
+             (revoked, revocation_status, unknown_issuer, no_client_certificate, ...)",
+            handshake_failures.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                latency,
+                resolves_denied,
+                tokens,
+                audit_failures,
+                usage_flush_failures,
+                tls_reloads,
+                handshake_failures,
+                ready: AtomicBool::new(false),
+                token_source: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Marks the service ready (store and keys loaded, listeners serving) or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::SeqCst)
+    }
+
+    /// The tokens whose count `/metrics` reports. Set once, when the server opens.
+    pub fn set_token_source(&self, tokens: Tokens) {
+        let _ = self.inner.token_source.set(tokens);
+    }
+
+    /// Counts an audit record that could not be written.
+    pub fn audit_failed(&self) {
+        self.inner.audit_failures.inc();
+    }
+
+    /// Counts a failed flush of usage counters.
+    pub fn usage_flush_failed(&self) {
+        self.inner.usage_flush_failures.inc();
+    }
+
+    /// Counts a TLS reload of `listener` that succeeded (`ok`) or kept the
+    /// old material.
+    pub fn tls_reloaded(&self, listener: &'static str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.inner
+            .tls_reloads
+            .get_or_create(&ReloadLabels { listener, result })
+            .inc();
+    }
+
+    /// Counts a TLS handshake on `listener` that failed for `reason`.
+    pub fn handshake_failed(&self, listener: &'static str, reason: &'static str) {
+        self.inner
+            .handshake_failures
+            .get_or_create(&HandshakeLabels { listener, reason })
+            .inc();
+    }
+
+    /// Records one finished gRPC call.
+    fn record_call(&self, call: &layer::Call, code: &'static str, elapsed: Duration) {
+        let method = MethodLabels {
+            service: call.service,
+            method: call.method,
+        };
+        self.inner
+            .latency
+            .get_or_create(&method)
+            .observe(elapsed.as_secs_f64());
+        self.inner
+            .requests
+            .get_or_create(&CallLabels {
+                service: call.service,
+                method: call.method,
+                code,
+            })
+            .inc();
+    }
+
+    /// Records a refused ResolveToken.
+    fn record_resolve_denied(&self, reason: &'static str) {
+        self.inner
+            .resolves_denied
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric, with the token count
+    /// refreshed first.
+    pub async fn render(&self) -> String {
+        if let Some(tokens) = self.inner.token_source.get() {
+            match tokens.count().await {
+                Ok(count) => {
+                    self.inner
+                        .tokens
+                        .set(i64::try_from(count).unwrap_or(i64::MAX));
+                }
+                Err(e) => tracing::warn!(error = %e, "could not count tokens for /metrics"),
+            }
+        }
+        let mut text = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.inner.registry) {
+            tracing::error!(error = %e, "could not encode metrics");
+        }
+        text
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
