@@ -185,6 +185,7 @@ impl Server {
 
         let flusher = tokio::spawn(flush_periodically(
             self.tokens.clone(),
+            self.telemetry.clone(),
             self.flush_interval,
             stop_rx.clone(),
         ));
@@ -386,13 +387,24 @@ fn reflection_error(e: tonic_reflection::server::Error) -> Error {
 }
 
 /// Writes usage counters and queued audit events every `interval` until stop.
-async fn flush_periodically(tokens: Tokens, interval: Duration, mut stop: watch::Receiver<bool>) {
+///
+/// A failed write keeps everything queued for the next tick and counts in
+/// `aitokens_usage_flush_failures_total` and `aitokens_audit_failures_total`
+/// (the batch carries the queued audit events).
+async fn flush_periodically(
+    tokens: Tokens,
+    telemetry: Telemetry,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {
                 if let Err(e) = tokens.flush().await {
+                    telemetry.usage_flush_failed();
+                    telemetry.audit_failed();
                     tracing::error!(error = %e, "flushing usage counters and audit events failed; will retry");
                 }
             }

@@ -11,6 +11,7 @@
 //! `main.rs` only parses, sets up logging and calls [`run`].
 
 mod connect;
+mod lifecycle;
 mod offline;
 mod output;
 mod profile;

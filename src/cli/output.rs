@@ -31,13 +31,16 @@ pub fn token(format: OutputFormat, token: &Token) {
                 ("name", token.name.clone()),
                 ("token_id", token.token_id.clone()),
                 ("display_name", token.display_name.clone()),
+                ("state", state(token).to_owned()),
                 ("create_time", time(token.create_time.as_ref())),
                 ("update_time", time(token.update_time.as_ref())),
+                ("last_resolve", time(token.last_resolve_time.as_ref())),
+                ("resolve_count", token.resolve_count.to_string()),
+                ("replaces", token.replaces.clone()),
+                ("replaced_by", token.replaced_by.clone()),
                 ("etag", token.etag.clone()),
             ];
-            for (key, value) in rows {
-                println!("{key:<13} {value}");
-            }
+            fields(&rows);
         }
     }
 }
@@ -64,27 +67,7 @@ pub fn tokens(format: OutputFormat, parent: &str, tokens: &[Token]) {
                     ]
                 })
                 .collect();
-            let mut widths = header.map(|h| h.chars().count());
-            for row in &rows {
-                for (width, cell) in widths.iter_mut().zip(row) {
-                    *width = (*width).max(cell.chars().count());
-                }
-            }
-            let line = |cells: [&str; 5]| {
-                let mut text = String::new();
-                for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
-                    if i + 1 == cells.len() {
-                        text.push_str(cell);
-                    } else {
-                        text.push_str(&format!("{cell:<width$}  "));
-                    }
-                }
-                text
-            };
-            println!("{}", line(header));
-            for row in &rows {
-                println!("{}", line(row.each_ref().map(String::as_str)));
-            }
+            table(header, &rows);
         }
     }
 }
@@ -120,14 +103,58 @@ fn token_json(token: &Token) -> Value {
         "name": token.name,
         "token_id": token.token_id,
         "display_name": token.display_name,
+        "state": state(token),
         "create_time": time(token.create_time.as_ref()),
         "update_time": time(token.update_time.as_ref()),
+        "last_resolve_time": time(token.last_resolve_time.as_ref()),
+        "resolve_count": token.resolve_count,
+        "replaces": token.replaces,
+        "replaced_by": token.replaced_by,
         "etag": token.etag,
     })
 }
 
+fn state(token: &Token) -> &'static str {
+    match token.state() {
+        crate::api::pb::token::State::Disabled => "disabled",
+        _ => "enabled",
+    }
+}
+
+/// `key value` lines for people, skipping empty values.
+pub fn fields(rows: &[(&str, String)]) {
+    for (key, value) in rows.iter().filter(|(_, v)| !v.is_empty()) {
+        println!("{key:<14} {value}");
+    }
+}
+
+/// Prints `rows` under `header` as aligned columns.
+pub fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; N]| {
+        let mut text = String::new();
+        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        text
+    };
+    println!("{}", line(header));
+    for row in rows {
+        println!("{}", line(row.each_ref().map(String::as_str)));
+    }
+}
+
 /// RFC 3339 in UTC, to the second.
-fn time(t: Option<&Timestamp>) -> String {
+pub fn time(t: Option<&Timestamp>) -> String {
     t.map(|t| {
         Timestamp {
             seconds: t.seconds,

@@ -7,6 +7,7 @@ use tonic::transport::Channel;
 
 use super::{
     connect::{ConnectArgs, Surface},
+    lifecycle,
     output::{self, OutputFormat},
     report::{self, CliError},
     value,
@@ -118,6 +119,60 @@ enum TokenCommand {
         /// Remove even though bindings name it or callers used it recently.
         #[arg(long)]
         force: bool,
+    },
+    /// Who resolved the token (or was refused), per caller identity.
+    Usage {
+        #[command(flatten)]
+        token: TokenRef,
+    },
+    /// Kill switch: make every resolve of the token fail until `enable`.
+    Disable {
+        #[command(flatten)]
+        token: TokenRef,
+        /// Only if the token's etag is still this one.
+        #[arg(long)]
+        etag: Option<String>,
+    },
+    /// Let a disabled token resolve again.
+    Enable {
+        #[command(flatten)]
+        token: TokenRef,
+        /// Only if the token's etag is still this one.
+        #[arg(long)]
+        etag: Option<String>,
+    },
+    /// Whether a replaced token can be removed (no caller still uses it).
+    Replacement {
+        #[command(flatten)]
+        token: TokenRef,
+    },
+    /// Declare that a consumer uses the token (blocks removal; names the
+    /// identity that may resolve it in bindings-only mode).
+    Bind {
+        #[command(flatten)]
+        token: TokenRef,
+        /// The consumer's stable id.
+        #[arg(long = "id", value_name = "BINDING_ID")]
+        binding_id: String,
+        /// What the consumer uses it for.
+        #[arg(long)]
+        purpose: String,
+        /// The certificate identity the consumer resolves with.
+        #[arg(long, value_name = "IDENTITY")]
+        caller_identity: Option<String>,
+    },
+    /// List the token's bindings.
+    Bindings {
+        #[command(flatten)]
+        token: TokenRef,
+    },
+    /// Withdraw a binding.
+    Unbind {
+        #[command(flatten)]
+        token: TokenRef,
+        /// The binding's id.
+        #[arg(long = "id", value_name = "BINDING_ID")]
+        binding_id: String,
     },
     /// Print a token's value (internal listener, resolver identity).
     ///
@@ -272,6 +327,55 @@ async fn execute(args: &TokenArgs) -> Result<(), CliError> {
                 .await
                 .map_err(report::rpc(&addr))?;
             output::removed(format, &name);
+        }
+        TokenCommand::Usage { token } => {
+            let (mut client, addr) = admin(&args.connect).await?;
+            lifecycle::usage(&mut client, &addr, token.name()?, format).await?;
+        }
+        TokenCommand::Disable { token, etag } | TokenCommand::Enable { token, etag } => {
+            let disable = matches!(args.command, TokenCommand::Disable { .. });
+            let (mut client, addr) = admin(&args.connect).await?;
+            lifecycle::set_disabled(
+                &mut client,
+                &addr,
+                token.name()?,
+                etag.clone(),
+                disable,
+                format,
+            )
+            .await?;
+        }
+        TokenCommand::Replacement { token } => {
+            let (mut client, addr) = admin(&args.connect).await?;
+            lifecycle::replacement(&mut client, &addr, token.name()?, format).await?;
+        }
+        TokenCommand::Bind {
+            token,
+            binding_id,
+            purpose,
+            caller_identity,
+        } => {
+            let (mut client, addr) = admin(&args.connect).await?;
+            let (parent, id, purpose) = (token.name()?, binding_id.clone(), purpose.clone());
+            lifecycle::bind(
+                &mut client,
+                &addr,
+                parent,
+                id,
+                purpose,
+                caller_identity.clone(),
+                format,
+            )
+            .await?;
+        }
+        TokenCommand::Bindings { token } => {
+            let (mut client, addr) = admin(&args.connect).await?;
+            lifecycle::bindings(&mut client, &addr, token.name()?, format).await?;
+        }
+        TokenCommand::Unbind { token, binding_id } => {
+            let (mut client, addr) = admin(&args.connect).await?;
+            let name = format!("{}/bindings/{binding_id}", token.name()?);
+            lifecycle::unbind(&mut client, &addr, name, format).await?;
         }
         TokenCommand::Resolve { token } => {
             let name = token.name()?;

@@ -594,3 +594,106 @@ async fn create_prompts_for_the_value_without_echo_on_a_terminal() {
     .await;
     assert_eq!(text(&out.stdout), format!("{value}\n"));
 }
+
+#[tokio::test]
+async fn cli_usage_bindings_kill_switch_and_replacement() {
+    let (_server, profile) = server_with_profile().await;
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let cwd = cwd.path();
+    let step = |args: &'static [&'static str], stdin: &'static [u8]| {
+        let command = token(cwd, &profile, args);
+        async move { run(command, stdin).await }
+    };
+    let ok = |out: &Output| {
+        assert!(
+            out.status.success(),
+            "{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+    ok(&step(&["create", "--tenant", "acme", "old"], b"sk-old\n").await);
+    ok(&step(&["resolve", "--tenant", "acme", "old"], b"").await);
+
+    let usage = ok(&step(&["usage", "--tenant", "acme", "old"], b"").await);
+    assert!(
+        usage.contains("CALLER") && usage.contains("spiffe://aitokens.dev/agent"),
+        "{usage}"
+    );
+    let json: Value = serde_json::from_str(&ok(&step(
+        &["usage", "--tenant", "acme", "old", "-o", "json"],
+        b"",
+    )
+    .await))
+    .expect("usage JSON");
+    assert_eq!(json["usages"][0]["resolve_count"], 1);
+
+    let bound = ok(&step(
+        &[
+            "bind",
+            "--tenant",
+            "acme",
+            "old",
+            "--id",
+            "support-bot",
+            "--purpose",
+            "tickets",
+        ],
+        b"",
+    )
+    .await);
+    assert!(
+        bound.contains("support-bot") && bound.contains("tickets"),
+        "{bound}"
+    );
+    let listed = ok(&step(&["bindings", "--tenant", "acme", "old"], b"").await);
+    assert!(listed.contains("support-bot"), "{listed}");
+    let refused = step(&["remove", "--tenant", "acme", "old"], b"").await;
+    assert_eq!(refused.status.code(), Some(1));
+    let err = text(&refused.stderr);
+    assert!(
+        err.contains("blocked by: BINDING tenants/acme/tokens/old/bindings/support-bot")
+            && err.contains("blocked by: RECENT_CALLER")
+            && err.contains("--force"),
+        "{err}"
+    );
+    ok(&step(
+        &["unbind", "--tenant", "acme", "old", "--id", "support-bot"],
+        b"",
+    )
+    .await);
+    assert!(ok(&step(&["bindings", "--tenant", "acme", "old"], b"").await).contains("no bindings"));
+
+    let disabled = ok(&step(&["disable", "--tenant", "acme", "old"], b"").await);
+    assert!(disabled.contains("disabled"), "{disabled}");
+    let refused = step(&["resolve", "--tenant", "acme", "old"], b"").await;
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("TOKEN_DISABLED"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(!text(&refused.stdout).contains("sk-old"));
+    ok(&step(&["enable", "--tenant", "acme", "old"], b"").await);
+    assert_eq!(
+        ok(&step(&["resolve", "--tenant", "acme", "old"], b"").await),
+        "sk-old\n"
+    );
+
+    ok(&step(
+        &["create", "--tenant", "acme", "new", "--replaces", "old"],
+        b"sk-new\n",
+    )
+    .await);
+    let status = ok(&step(&["replacement", "--tenant", "acme", "old"], b"").await);
+    assert!(
+        status.contains("tenants/acme/tokens/new") && status.contains("ready_to_remove"),
+        "{status}"
+    );
+    let got = ok(&step(&["get", "--tenant", "acme", "old"], b"").await);
+    assert!(
+        got.contains("replaced_by") && got.contains("resolve_count"),
+        "{got}"
+    );
+}
