@@ -336,3 +336,82 @@ async fn a_key_file_open_to_others_is_refused_at_start() {
     let err = Server::open(&config).await.err().expect("refused");
     assert!(err.to_string().contains("chmod 600"), "{err}");
 }
+
+/// Runs ARGV on a pseudo-terminal, types $PASSPHRASE at the passphrase
+/// prompt, waits for "serving" (then sends SIGTERM) or for the process to
+/// exit, and prints everything the terminal showed.
+const PASSPHRASE_PTY: &str = r#"
+import os, pty, select, signal, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+seen = b""
+deadline = time.time() + 60
+def read_until(marker):
+    global seen
+    while marker not in seen:
+        if time.time() > deadline:
+            sys.exit("timed out waiting for %r; the terminal showed %r" % (marker, seen))
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            seen += chunk
+    return True
+read_until(b"aitokens passphrase: ")
+os.write(fd, os.environ["PASSPHRASE"].encode() + b"\n")
+if read_until(b"serving"):
+    os.kill(pid, signal.SIGTERM)
+    read_until(b"server stopped")
+_, status = os.waitpid(pid, 0)
+sys.stdout.buffer.write(seen)
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+
+fn serve_on_a_terminal(config: &Path, passphrase: &str) -> (bool, String) {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            PASSPHRASE_PTY,
+            env!("CARGO_BIN_EXE_aitokens"),
+            "serve",
+            "--config",
+        ])
+        .arg(config)
+        .env("PASSPHRASE", passphrase)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("python3 with pty");
+    let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+    (
+        out.status.success(),
+        format!("{screen}{}", String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[test]
+fn a_passphrase_typed_at_a_terminal_prompt_is_not_echoed() {
+    let setup = Setup::new();
+    let config_path = setup.dir.path().join("prompt.toml");
+    write_config(&setup, &config_path, |t| {
+        let store = t["store"].as_table_mut().expect("store");
+        store.remove("master_key_file");
+        store.insert("passphrase".into(), "prompt".into());
+    });
+    let passphrase = "typed passphrase 7c1e";
+    let (ok, screen) = serve_on_a_terminal(&config_path, passphrase);
+    assert!(ok && screen.contains("serving"), "{screen}");
+    assert!(
+        !screen.contains(passphrase),
+        "the passphrase was echoed: {screen}"
+    );
+    let (ok, screen) = serve_on_a_terminal(&config_path, "wrong passphrase");
+    assert!(
+        !ok && screen.contains("master key does not match"),
+        "{screen}"
+    );
+}
