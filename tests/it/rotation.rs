@@ -163,6 +163,12 @@ async fn rotation_under_resolve_and_create_load_fails_no_request() {
     for task in load {
         task.await.expect("load task");
     }
+    eprintln!(
+        "rotation under load: {} resolves and {} creates succeeded, {} failed",
+        ok.load(Ordering::Relaxed),
+        created.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
     assert_eq!(
         failed.load(Ordering::Relaxed),
         0,
