@@ -147,15 +147,34 @@ pub fn micros(time: SystemTime) -> i64 {
 #[derive(Debug, Default)]
 pub struct AuditQueue {
     pending: Mutex<Vec<AuditEvent>>,
+    dropped: std::sync::atomic::AtomicU64,
 }
 
+/// Most events held in memory between batch writes.
+pub const MAX_QUEUED_EVENTS: usize = 100_000;
+
 impl AuditQueue {
-    /// Queues an event for the next flush.
+    /// Queues an event for the next flush. While the store cannot be
+    /// written the queue is capped at [`MAX_QUEUED_EVENTS`], so a flood of
+    /// refused calls cannot exhaust memory; events past the cap are counted
+    /// in the log instead.
     pub fn push(&self, event: AuditEvent) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(event);
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.len() >= MAX_QUEUED_EVENTS {
+            drop(pending);
+            let dropped = self
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            if dropped.is_power_of_two() {
+                tracing::error!(
+                    dropped,
+                    "audit queue full (the store is not taking writes): events dropped"
+                );
+            }
+            return;
+        }
+        pending.push(event);
     }
 
     /// Takes everything queued.

@@ -9,7 +9,8 @@
 use rustix::{
     mm::{MlockAllFlags, mlockall},
     process::{
-        DumpableBehavior, Resource, Rlimit, dumpable_behavior, set_dumpable_behavior, setrlimit,
+        DumpableBehavior, Resource, Rlimit, dumpable_behavior, getrlimit, set_dumpable_behavior,
+        setrlimit,
     },
 };
 
@@ -37,18 +38,29 @@ pub fn harden_process(lock_memory: bool) -> Hardening {
     .is_ok();
     let _ = set_dumpable_behavior(DumpableBehavior::NotDumpable);
     let non_dumpable = matches!(dumpable_behavior(), Ok(DumpableBehavior::NotDumpable));
-    let memory_locked = lock_memory.then(|| {
-        mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE).map_err(|e| {
-            format!(
-                "mlockall failed ({e}); raise RLIMIT_MEMLOCK or grant CAP_IPC_LOCK, or disable swap"
-            )
-        })
-    });
+    let memory_locked = lock_memory.then(lock_all_memory);
     Hardening {
         non_dumpable,
         no_core_dumps,
         memory_locked,
     }
+}
+
+/// Locks current and future memory, but only where the lock limit cannot
+/// later make an ordinary allocation (Argon2id's 64 MiB, request buffers)
+/// fail: with a finite RLIMIT_MEMLOCK, MCL_FUTURE turns "no swap" into
+/// "abort on the next large allocation".
+fn lock_all_memory() -> Result<(), String> {
+    let limit = getrlimit(Resource::Memlock);
+    if limit.current.is_some() {
+        return Err(format!(
+            "RLIMIT_MEMLOCK is finite ({} bytes): locking all memory would make later \
+             allocations fail; raise it to unlimited (systemd LimitMEMLOCK=infinity) or disable swap",
+            limit.current.unwrap_or_default()
+        ));
+    }
+    mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE)
+        .map_err(|e| format!("mlockall failed ({e}); grant CAP_IPC_LOCK or disable swap"))
 }
 
 impl Hardening {

@@ -58,6 +58,22 @@ impl KeyringHandle {
     fn replace(&self, keyring: Keyring) {
         *self.keyring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keyring);
     }
+
+    /// Re-reads the keyring from `store` and unseals it with the root key
+    /// held here.
+    pub fn reload(&self, store: &dyn TokenStore) -> Result<()> {
+        let records = store
+            .keyring()?
+            .ok_or_else(|| Error::Internal("the keyring vanished from the database".into()))?;
+        let keyring = Keyring::open(&self.root(), &records).map_err(|e| match e {
+            // The root key in memory no longer opens the stored keyring: it
+            // was rekeyed by another process. Keep serving with what we have.
+            Error::Startup(why) => Error::Internal(format!("keyring reload: {why}")),
+            other => other,
+        })?;
+        self.replace(keyring);
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for KeyringHandle {
@@ -141,7 +157,7 @@ impl Keys {
             .handle
             .current()
             .new_kek(&self.handle.root(), &records.deployment_id)?;
-        self.store.add_kek(version, &sealed, events)?;
+        self.store.add_kek(&records, version, &sealed, events)?;
         self.reload()?;
         tracing::info!(version, "KEK rotated; re-wrapping data keys");
         Ok(version)
@@ -159,7 +175,8 @@ impl Keys {
     }
 
     /// Destroys every KEK version no data key uses; returns them.
-    pub fn destroy_old(&self, events: &[AuditEvent]) -> Result<Vec<u32>> {
+    /// Each destroyed version is audited with a copy of `event` naming it.
+    pub fn destroy_old(&self, event: &AuditEvent) -> Result<Vec<u32>> {
         let status = self.status()?;
         if status.pending() > 0 {
             return Err(Error::FailedPrecondition {
@@ -170,7 +187,10 @@ impl Keys {
         }
         let doomed = status.destroyable();
         for version in &doomed {
-            self.store.destroy_kek(*version, events)?;
+            let mut event = event.clone();
+            event.resource = format!("keyring/kek/{version}");
+            event.reason = format!("KEK version {version} destroyed");
+            self.store.destroy_kek(*version, &[event])?;
         }
         self.reload()?;
         Ok(doomed)
@@ -184,9 +204,12 @@ impl Keys {
         kdf: Option<KdfParams>,
         events: &[AuditEvent],
     ) -> Result<()> {
+        // Re-seal what is stored now (not a possibly stale memory copy), and
+        // let the store refuse if it changes before the write.
+        self.reload()?;
         let records = self.records()?;
         let resealed = self.handle.current().resealed(&new_root, &records, kdf)?;
-        self.store.replace_keyring(&resealed, events)?;
+        self.store.replace_keyring(&records, &resealed, events)?;
         *self.handle.root.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new_root);
         Ok(())
     }
@@ -211,14 +234,6 @@ impl Keys {
     }
 
     fn reload(&self) -> Result<()> {
-        let records = self.records()?;
-        let keyring = Keyring::open(&self.handle.root(), &records).map_err(|e| match e {
-            // The root key in memory no longer opens the stored keyring: it
-            // was rekeyed by another process. Keep serving with what we have.
-            Error::Startup(why) => Error::Internal(format!("keyring reload: {why}")),
-            other => other,
-        })?;
-        self.handle.replace(keyring);
-        Ok(())
+        self.handle.reload(&*self.store)
     }
 }

@@ -163,8 +163,7 @@ pub fn backup(config: &Config, out: &Path) -> Result<()> {
             out.display()
         )));
     }
-    let store = SqliteStore::open(&config.store.database)?;
-    store.backup(out)?;
+    crate::store::backup_file(&config.store.database, out)?;
     println!(
         "backed up {} to {} (values stay encrypted; the root key is not in it: keep it apart)",
         config.store.database.display(),

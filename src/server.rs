@@ -228,7 +228,12 @@ impl Server {
             .add_service(admin_api)
             .add_service(key_admin_api)
             .serve_with_incoming_shutdown(
-                TlsIncoming::new(admin, self.admin_tls.clone(), self.telemetry.clone()),
+                TlsIncoming::new(
+                    admin,
+                    self.admin_tls.clone(),
+                    self.telemetry.clone(),
+                    self.tokens.audit_queue().clone(),
+                ),
                 stopped(
                     stop_rx.clone(),
                     admin_health.clone(),
@@ -249,7 +254,12 @@ impl Server {
             )
             .add_service(resolver_api)
             .serve_with_incoming_shutdown(
-                TlsIncoming::new(internal, self.internal_tls.clone(), self.telemetry.clone()),
+                TlsIncoming::new(
+                    internal,
+                    self.internal_tls.clone(),
+                    self.telemetry.clone(),
+                    self.tokens.audit_queue().clone(),
+                ),
                 stopped(
                     stop_rx.clone(),
                     internal_health.clone(),

@@ -27,6 +27,7 @@ use tokio::{
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 
+use crate::audit::{Actor, AuditQueue, Outcome};
 use crate::{
     config::ListenerConfig,
     error::{Error, Result},
@@ -37,6 +38,9 @@ use crate::{
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in flight per listener before new connections wait.
 const HANDSHAKE_QUEUE: usize = 128;
+/// Handshakes running at once per listener; further connections wait in the
+/// kernel's backlog instead of each costing a task for up to the timeout.
+const MAX_HANDSHAKES: usize = 256;
 
 /// The process-wide crypto provider (ring).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -231,11 +235,21 @@ impl TlsIncoming {
     /// Starts accepting on `listener`, each connection with the material
     /// current when it arrives.
     /// Refused and timed-out handshakes are logged and counted in `telemetry`.
-    pub fn new(listener: TcpListener, material: Arc<TlsMaterial>, telemetry: Telemetry) -> Self {
+    /// Refusals are also audited (outcome `unauthenticated`) through `audit`.
+    pub fn new(
+        listener: TcpListener,
+        material: Arc<TlsMaterial>,
+        telemetry: Telemetry,
+        audit: Arc<AuditQueue>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(HANDSHAKE_QUEUE);
         let name = material.name();
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         let accept_loop = tokio::spawn(async move {
             loop {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
                 let (tcp, peer) = match listener.accept().await {
                     Ok(conn) => conn,
                     Err(e) => {
@@ -250,21 +264,38 @@ impl TlsIncoming {
                 }
                 let _ = tcp.set_nodelay(true);
                 let (acceptor, tx) = (TlsAcceptor::from(material.current()), tx.clone());
-                let telemetry = telemetry.clone();
+                let (telemetry, audit) = (telemetry.clone(), audit.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    let outcome =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                    drop(permit);
+                    let reason = match outcome {
                         Ok(Ok(stream)) => {
                             let _ = tx.send(Ok(stream)).await;
+                            return;
                         }
                         Ok(Err(e)) => {
                             tracing::info!(listener = name, %peer, error = %e, "TLS handshake refused");
-                            telemetry.handshake_failed(name, refusal_reason(&e));
+                            refusal_reason(&e)
                         }
                         Err(_) => {
                             tracing::info!(listener = name, %peer, "TLS handshake timed out");
-                            telemetry.handshake_failed(name, "timeout");
+                            "timeout"
                         }
-                    }
+                    };
+                    telemetry.handshake_failed(name, reason);
+                    let actor = Actor {
+                        identity: "(no verified certificate)".to_owned(),
+                        peer: peer.to_string(),
+                        method: "tls/handshake",
+                    };
+                    let reason = format!("TLS handshake refused: {reason}");
+                    audit.push(actor.event(
+                        None,
+                        format!("listener/{name}"),
+                        Outcome::Unauthenticated,
+                        reason,
+                    ));
                 });
             }
         });

@@ -18,7 +18,7 @@ use crate::{
     audit::{Outcome, micros},
     error::{Error, Result},
     store::AuditFilter,
-    tokens::{BindingName, TenantId, TokenName},
+    tokens::{BindingId, BindingName, TenantId, TokenName},
 };
 
 const LIST_USAGES: &str = "aitokens.v1.TokenAdmin/ListTokenUsages";
@@ -80,7 +80,9 @@ impl AdminApi {
         request: Request<CreateTokenBindingRequest>,
     ) -> Result<Response<TokenBinding>, Status> {
         let token = TokenName::parse(&request.get_ref().parent, "parent")?;
-        let resource = format!("{token}/bindings/{}", request.get_ref().binding_id);
+        // Validated before it names anything in the audit trail.
+        let binding_id = BindingId::new(&request.get_ref().binding_id, "binding_id")?;
+        let resource = format!("{token}/bindings/{}", binding_id.as_str());
         let actor = self.authorize(&request, CREATE_BINDING, &token.tenant, &resource)?;
         let CreateTokenBindingRequest {
             binding_id,

@@ -21,7 +21,7 @@ use crate::{
     audit::{Actor, Outcome},
     auth::PolicyHandle,
     error::{Error, Result},
-    tokens::{Rename, SecretValue, TenantId, TokenName, Tokens},
+    tokens::{Rename, SecretValue, TenantId, TokenId, TokenName, Tokens},
 };
 
 /// Serves TokenAdmin over the domain.
@@ -131,7 +131,9 @@ impl token_admin_server::TokenAdmin for AdminApi {
         request: Request<CreateTokenRequest>,
     ) -> Result<Response<Token>, Status> {
         let tenant = TenantId::from_parent(&request.get_ref().parent, "parent")?;
-        let resource = format!("tenants/{tenant}/tokens/{}", request.get_ref().token_id);
+        // Validated before it names anything in the audit trail.
+        let token_id = TokenId::new(&request.get_ref().token_id, "token_id")?;
+        let resource = format!("tenants/{tenant}/tokens/{token_id}");
         let actor = self.authorize(&request, CREATE, &tenant, &resource)?;
         let mut request = request.into_inner();
         let value = SecretValue::new(std::mem::take(&mut request.value));

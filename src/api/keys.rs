@@ -123,7 +123,7 @@ impl key_admin_server::KeyAdmin for KeyAdminApi {
         );
         let (destroyed, status) = self
             .blocking(move |keys| {
-                let destroyed = keys.destroy_old(&[event])?;
+                let destroyed = keys.destroy_old(&event)?;
                 Ok((destroyed, keys.status()?))
             })
             .await?;

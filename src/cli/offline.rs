@@ -9,7 +9,7 @@ use clap::{ArgGroup, Args, Subcommand};
 use crate::{
     Error, Result,
     config::Config,
-    crypto::{KeySource, Keyring, RootKey, new_deployment_id},
+    crypto::{KeySource, Keyring, RootKey, RootMaterial, new_deployment_id},
     ops,
     store::{AuditVerdict, SqliteStore, TokenStore, verify_audit_file},
 };
@@ -218,7 +218,7 @@ pub fn keys(command: KeysCommand) -> Result<()> {
                 "keyring",
                 "old KEK versions destroyed".into(),
             );
-            let destroyed = offline.keys.destroy_old(&[event])?;
+            let destroyed = offline.keys.destroy_old(&event)?;
             println!("destroyed KEK versions {destroyed:?}");
             ops::print_status(&offline.keys.status()?);
             Ok(())
@@ -268,7 +268,7 @@ fn init(db: &std::path::Path, source: KeySource) -> Result<()> {
             )));
         }
     }
-    let deployment = new_deployment_id()?;
+    let mut deployment = new_deployment_id()?;
     let (root, kdf) = match &source {
         KeySource::File(path) if !path.exists() => {
             let key = RootKey::create_file_for(path, Some(&deployment))?;
@@ -278,7 +278,15 @@ fn init(db: &std::path::Path, source: KeySource) -> Result<()> {
             );
             (key, None)
         }
-        _ => source.load()?.fresh()?,
+        _ => match source.load()? {
+            // An existing key file that names its deployment keeps it, so
+            // that serving with it later is not mistaken for a mismatch.
+            RootMaterial::Key(key, Some(named)) => {
+                deployment = named;
+                (key, None)
+            }
+            material => material.fresh()?,
+        },
     };
     let (_, records) = Keyring::create_with(&root, Some(deployment), kdf)?;
     let store = SqliteStore::open(db)?;

@@ -137,8 +137,9 @@ async fn run_server(
     }
     let server = Server::open_with(config, telemetry, source).await?;
     let (admin, internal) = bind(config).await?;
+    let shutdown = shutdown_signal()?;
     announce(local_addr(&admin)?, local_addr(&internal)?, metrics_addr)?;
-    let served = server.serve(admin, internal, shutdown_signal()).await;
+    let served = server.serve(admin, internal, shutdown).await;
     let _ = http_stop.send(());
     if let Some(http) = http {
         match http.await {
@@ -169,24 +170,23 @@ fn local_addr(listener: &TcpListener) -> Result<SocketAddr> {
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
+/// Registers SIGINT and SIGTERM handlers now (so a signal that arrives
+/// right after the server announces itself stops it gracefully instead of
+/// killing it), and returns a future that completes on either.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let register = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| Error::Startup(format!("installing the {name} handler: {e}")))
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown requested; finishing in-flight requests");
+    let mut interrupt = register(SignalKind::interrupt(), "SIGINT")?;
+    let mut terminate = register(SignalKind::terminate(), "SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
+        }
+        tracing::info!("shutdown requested; finishing in-flight requests");
+    })
 }
 
 fn print_dev_banner(

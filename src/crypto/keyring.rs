@@ -206,6 +206,11 @@ impl Keyring {
         self.current_version
     }
 
+    /// Whether KEK `version` is held.
+    pub fn has_version(&self, version: u32) -> bool {
+        self.keks.contains_key(&version)
+    }
+
     /// The versions held.
     pub fn versions(&self) -> Vec<u32> {
         self.keks.keys().copied().collect()

@@ -172,9 +172,16 @@ impl KdfParams {
 
     /// Refuses parameters weaker than RFC 9106's second option.
     pub fn check(&self) -> Result<()> {
-        if self.m_kib < 64 * 1024 || self.t < 3 || self.p < 1 || self.salt.len() < 16 {
+        if self.m_kib < 64 * 1024 || self.t < 3 || self.p < 4 || self.salt.len() < 16 {
             return Err(Error::Startup(
-                "stored Argon2id parameters are weaker than 64 MiB, t=3 (tampered?)".into(),
+                "stored Argon2id parameters are weaker than 64 MiB, t=3, p=4 (tampered?)".into(),
+            ));
+        }
+        // And not absurd: a tampered database must not exhaust memory or
+        // hang the start (4 GiB, 64 passes, 64 lanes).
+        if self.m_kib > 4 * 1024 * 1024 || self.t > 64 || self.p > 64 || self.salt.len() > 64 {
+            return Err(Error::Startup(
+                "stored Argon2id parameters are implausibly large (tampered?)".into(),
             ));
         }
         Ok(())

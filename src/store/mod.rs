@@ -11,7 +11,7 @@ mod sqlite;
 
 use std::time::SystemTime;
 
-pub use sqlite::{AuditVerdict, SqliteStore, verify_audit_file};
+pub use sqlite::{AuditVerdict, SqliteStore, backup_file, verify_audit_file};
 
 use crate::{
     audit::{AuditEvent, AuditRecord},
@@ -153,16 +153,30 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Rows per KEK version, every stored version included (0 rows too).
     fn kek_usage(&self) -> Result<Vec<(u32, i64)>>;
-    /// Stores KEK `version` (sealed) and makes it current.
-    fn add_kek(&self, version: u32, sealed: &[u8], events: &[AuditEvent]) -> Result<()>;
+    /// Stores KEK `version` (sealed) and makes it current, provided the
+    /// stored keyring is still `expected` (else FAILED_PRECONDITION
+    /// `KEYRING_CHANGED`: another process rotated or rekeyed meanwhile).
+    fn add_kek(
+        &self,
+        expected: &KeyringRecords,
+        version: u32,
+        sealed: &[u8],
+        events: &[AuditEvent],
+    ) -> Result<()>;
     /// Re-wraps up to `limit` data keys not under KEK `current`, in one
     /// transaction; returns how many moved (0: none left).
     fn rewrap_batch(&self, current: u32, limit: usize, rewrap: &mut RewrapFn<'_>) -> Result<usize>;
     /// Deletes KEK `version`: refused while it is current or any row uses it.
     /// Then erases it from the WAL and the file (VACUUM).
     fn destroy_kek(&self, version: u32, events: &[AuditEvent]) -> Result<()>;
-    /// Replaces the sealed keyring (rekey) in one transaction.
-    fn replace_keyring(&self, records: &KeyringRecords, events: &[AuditEvent]) -> Result<()>;
+    /// Replaces the sealed keyring (rekey) in one transaction, provided the
+    /// stored keyring is still `expected` (same check and versions).
+    fn replace_keyring(
+        &self,
+        expected: &KeyringRecords,
+        records: &KeyringRecords,
+        events: &[AuditEvent],
+    ) -> Result<()>;
     /// Rebuilds the file so no deleted content lingers in free pages.
     fn vacuum(&self) -> Result<()>;
     /// How many tokens the store holds, across tenants (for metrics).

@@ -25,8 +25,9 @@ const MAX_REQUEST_ID_CHARS: usize = 64;
 
 /// The gRPC services whose calls are counted under their own names; any
 /// other path is counted as `other` (keeps label cardinality bounded).
-const KNOWN_SERVICES: [&str; 5] = [
+const KNOWN_SERVICES: [&str; 6] = [
     "aitokens.v1.TokenAdmin",
+    "aitokens.v1.KeyAdmin",
     "aitokens.v1.TokenResolver",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
@@ -34,12 +35,23 @@ const KNOWN_SERVICES: [&str; 5] = [
 ];
 
 /// The methods of the known services (names only; label values must be static).
-const KNOWN_METHODS: [&str; 9] = [
+const KNOWN_METHODS: [&str; 20] = [
     "CreateToken",
     "GetToken",
     "ListTokens",
     "RenameToken",
     "RemoveToken",
+    "DisableToken",
+    "EnableToken",
+    "ListTokenUsages",
+    "GetReplacementStatus",
+    "CreateTokenBinding",
+    "ListTokenBindings",
+    "DeleteTokenBinding",
+    "ListAuditEvents",
+    "GetKeyStatus",
+    "RotateKeys",
+    "DestroyOldKeys",
     "ResolveToken",
     "Check",
     "Watch",
@@ -137,7 +149,12 @@ where
                             tracing::debug!(code = ?code, "request refused");
                         }
                         if call.method == "ResolveToken"
-                            && matches!(code, Code::PermissionDenied | Code::Unauthenticated)
+                            && matches!(
+                                code,
+                                Code::PermissionDenied
+                                    | Code::Unauthenticated
+                                    | Code::FailedPrecondition
+                            )
                         {
                             telemetry.record_resolve_denied(denial_reason(response.headers()));
                         }
@@ -192,7 +209,7 @@ fn code_of(headers: &HeaderMap) -> Code {
 /// The `google.rpc.ErrorInfo` reason of an error response, if one is there
 /// and is one of ours.
 fn denial_reason(headers: &HeaderMap) -> &'static str {
-    const REASONS: [&str; 2] = ["POLICY_DENIED", "NO_USABLE_IDENTITY"];
+    const REASONS: [&str; 3] = ["POLICY_DENIED", "NO_USABLE_IDENTITY", "TOKEN_DISABLED"];
     let reason = Status::from_header_map(headers).and_then(|status| {
         let details = status.get_error_details();
         let reason = details.error_info()?.reason.clone();

@@ -11,7 +11,7 @@ use super::{
     page_limit, validate_display_name,
 };
 use crate::{
-    audit::{Actor, AuditRecord, Outcome, micros},
+    audit::{Actor, AuditRecord, Outcome},
     error::{Error, Result},
     store::{AuditFilter, BindingRecord},
 };
@@ -38,6 +38,19 @@ pub struct ReplacementStatus {
     pub last_superseded: Option<SystemTime>,
     /// Callers with a superseded resolve within the window.
     pub callers_not_switched: Vec<String>,
+}
+
+/// Whether `identity` is spelled as the policy spells identities: a URI
+/// SAN (`scheme://...`) or `dns:NAME`, without spaces, at most 2 KiB. Any
+/// other spelling could never match a caller.
+fn is_identity(identity: &str) -> bool {
+    let well_formed = match identity.strip_prefix("dns:") {
+        Some(name) => !name.is_empty(),
+        None => identity
+            .split_once("://")
+            .is_some_and(|(scheme, rest)| !scheme.is_empty() && !rest.is_empty()),
+    };
+    well_formed && identity.len() <= 2048 && !identity.chars().any(char::is_whitespace)
 }
 
 /// Stored and pending counters merged per caller, most recently active first.
@@ -73,9 +86,7 @@ impl Tokens {
         validate_display_name(purpose, "binding.purpose")?;
         let caller_identity = match caller_identity {
             "" => None,
-            identity if identity.len() <= 2048 && !identity.contains(char::is_whitespace) => {
-                Some(identity.to_owned())
-            }
+            identity if is_identity(identity) => Some(identity.to_owned()),
             _ => {
                 return Err(Error::invalid(
                     "binding.caller_identity",
@@ -139,6 +150,7 @@ impl Tokens {
     /// Usage of a token per caller identity, stored and pending, most
     /// recently active first.
     pub async fn usages(&self, name: TokenName) -> Result<Vec<(String, UsageStats)>> {
+        let _no_flush = self.hold_flushes().await;
         let store = self.store.clone();
         let (uid, stored) = blocking(move || {
             let record = store.get(&name)?.ok_or(Error::NotFound("token"))?;
@@ -152,7 +164,7 @@ impl Tokens {
     pub async fn replacement_status(&self, name: TokenName) -> Result<ReplacementStatus> {
         let record = self.get(name.clone()).await?;
         let usages = self.usages(name).await?;
-        let cutoff_us = micros(SystemTime::now()) - self.recent_window.as_micros() as i64;
+        let cutoff_us = super::micros_ago(self.recent_window);
         let last_superseded = usages
             .iter()
             .filter_map(|(_, s)| s.last_superseded_us)

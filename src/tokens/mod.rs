@@ -172,6 +172,12 @@ pub struct Tokens {
     usage: Arc<UsageTracker>,
     audit: Arc<AuditQueue>,
     recent_window: Duration,
+    /// Held by a flush from the moment it drains the in-memory counters until
+    /// they are committed (or put back), and by every reader that combines
+    /// stored with pending usage: otherwise such a reader could see the
+    /// drained counters in neither place (and, say, remove a token a caller
+    /// resolved a second ago).
+    flushing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Tokens {
@@ -187,6 +193,7 @@ impl Tokens {
             usage: Arc::new(UsageTracker::new(settings.track)),
             audit: Arc::new(AuditQueue::default()),
             recent_window: settings.recent_window,
+            flushing: Arc::default(),
         }
     }
 
@@ -296,7 +303,7 @@ impl Tokens {
     ) -> Result<Page<TokenRecord>> {
         let limit = page_limit(page_size)?;
         let after_seq = PageCursor::decode(page_token, "tokens", tenant.as_str())?;
-        let cutoff_us = unused_for.map(|d| micros(SystemTime::now()) - d.as_micros() as i64);
+        let cutoff_us = unused_for.map(micros_ago);
         let store = self.store.clone();
         let scope = tenant.to_string();
         let (rows, more) = blocking(move || {
@@ -429,7 +436,8 @@ impl Tokens {
     ) -> Result<()> {
         let actor = actor.clone();
         let (store, usage) = (self.store.clone(), self.usage.clone());
-        let cutoff_us = micros(SystemTime::now()) - self.recent_window.as_micros() as i64;
+        let cutoff_us = micros_ago(self.recent_window);
+        let _no_flush = self.hold_flushes().await;
         blocking(move || {
             store.delete(&name, &mut |current, context| {
                 check_etag(current, etag.as_deref())?;
@@ -509,10 +517,14 @@ impl Tokens {
                     violations: Vec::new(),
                 });
             }
-            let mut plain =
-                keyring
-                    .current()
-                    .open_value(name.tenant.as_str(), &token.uid, &token.sealed)?;
+            let mut current = keyring.current();
+            if !current.has_version(token.sealed.kek_version) {
+                // Another process (`aitokens keys rotate`) re-wrapped this
+                // row under a KEK we have not loaded yet: load it, once.
+                keyring.reload(&*store)?;
+                current = keyring.current();
+            }
+            let mut plain = current.open_value(name.tenant.as_str(), &token.uid, &token.sealed)?;
             // Values are stored as UTF-8 text; `from_utf8` takes the buffer
             // without copying it, and SecretValue zeroizes it from here on.
             let text = String::from_utf8(std::mem::take(&mut *plain)).map_err(|e| {
@@ -533,24 +545,41 @@ impl Tokens {
 
     /// Writes pending usage counters and queued audit events in one batch.
     /// On failure everything stays queued for the next attempt.
+    /// Runs to completion in its own task even if the caller goes away, so
+    /// a cancelled request can never lose drained counters or events.
     pub async fn flush(&self) -> Result<()> {
-        let batch = self.usage.drain();
-        let events = self.audit.drain();
-        if batch.is_empty() && events.is_empty() {
-            return Ok(());
-        }
-        let store = self.store.clone();
-        let (result, batch, events) = tokio::task::spawn_blocking(move || {
-            let result = store.flush(&batch, &events);
-            (result, batch, events)
+        let (store, usage, audit) = (self.store.clone(), self.usage.clone(), self.audit.clone());
+        let flushing = self.flushing.clone();
+        tokio::spawn(async move {
+            let _guard = flushing.lock_owned().await;
+            let batch = usage.drain();
+            let events = audit.drain();
+            if batch.is_empty() && events.is_empty() {
+                return Ok(());
+            }
+            let written = tokio::task::spawn_blocking(move || {
+                let result = store.flush(&batch, &events);
+                (result, batch, events)
+            })
+            .await;
+            match written {
+                Ok((Ok(()), _, _)) => Ok(()),
+                Ok((Err(e), batch, events)) => {
+                    usage.restore(batch);
+                    audit.requeue(events);
+                    Err(e)
+                }
+                // The write panicked; what it held is lost with it.
+                Err(e) => Err(Error::Internal(format!("flush task failed: {e}"))),
+            }
         })
         .await
-        .map_err(|e| Error::Internal(format!("flush task failed: {e}")))?;
-        if result.is_err() {
-            self.usage.restore(batch);
-            self.audit.requeue(events);
-        }
-        result
+        .map_err(|e| Error::Internal(format!("flush task failed: {e}")))?
+    }
+
+    /// Waits for a flush in progress and keeps the next one out while held.
+    pub(super) async fn hold_flushes(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.flushing.clone().lock_owned().await
     }
 
     fn with_pending_usage(&self, mut record: TokenRecord) -> TokenRecord {
@@ -562,6 +591,13 @@ impl Tokens {
         }
         record
     }
+}
+
+/// Microseconds since the epoch, `ago` before now (saturating: any client
+/// duration is safe).
+fn micros_ago(ago: Duration) -> i64 {
+    let ago = i64::try_from(ago.as_micros()).unwrap_or(i64::MAX);
+    micros(SystemTime::now()).saturating_sub(ago)
 }
 
 fn page_limit(page_size: i32) -> Result<usize> {
@@ -606,10 +642,12 @@ fn from_micros(us: i64) -> SystemTime {
 }
 
 /// Runs store and crypto work on the blocking pool, never on the executor.
+/// The caller's span (with its request id) follows the work.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    tokio::task::spawn_blocking(work)
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work))
         .await
         .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
 }

@@ -521,7 +521,7 @@ async fn completions_cover_every_token_command() {
 /// Runs ARGV on a pseudo-terminal, waits for the hidden-value prompt, types
 /// $VALUE and Enter, and prints everything the terminal showed.
 const PTY_DRIVER: &str = r#"
-import os, pty, select, sys, time
+import os, pty, select, sys, termios, time
 pid, fd = pty.fork()
 if pid == 0:
     os.execv(sys.argv[1], sys.argv[1:])
@@ -542,6 +542,14 @@ def read_until(marker):
                 return
             seen += chunk
 read_until(b"(input hidden): ")
+def wait_for_no_echo():
+    # Type only once the program has turned echo off, as a person would
+    # (typed-ahead input is echoed, or flushed, by the terminal itself).
+    while termios.tcgetattr(fd)[3] & termios.ECHO:
+        if time.time() > deadline:
+            sys.exit("echo was never turned off")
+        time.sleep(0.01)
+wait_for_no_echo()
 os.write(fd, os.environ["VALUE"].encode() + b"\n")
 read_until(b"etag")
 _, status = os.waitpid(pid, 0)

@@ -156,12 +156,13 @@ impl Serve {
     }
 }
 
-/// Writes the dev config with ephemeral-looking fixed ports to `path`.
+/// Writes the dev config, on ephemeral ports, to `path`.
 fn write_config(setup: &Setup, path: &Path, edit: impl FnOnce(&mut toml::Table)) {
+    // Port 0: the server picks free ports itself (no race with other tests).
     let mut config = setup.config.clone();
-    let port = |l: std::net::TcpListener| l.local_addr().expect("addr");
-    config.admin.listen = port(std::net::TcpListener::bind("127.0.0.1:0").expect("bind"));
-    config.internal.listen = port(std::net::TcpListener::bind("127.0.0.1:0").expect("bind"));
+    config.admin.listen = "127.0.0.1:0".parse().expect("addr");
+    config.internal.listen = "127.0.0.1:0".parse().expect("addr");
+    config.metrics = None;
     let mut table: toml::Table =
         toml::from_str(&toml::to_string(&config).expect("ser")).expect("de");
     edit(&mut table);
@@ -341,7 +342,7 @@ async fn a_key_file_open_to_others_is_refused_at_start() {
 /// prompt, waits for "serving" (then sends SIGTERM) or for the process to
 /// exit, and prints everything the terminal showed.
 const PASSPHRASE_PTY: &str = r#"
-import os, pty, select, signal, sys, time
+import os, pty, select, signal, sys, termios, time
 pid, fd = pty.fork()
 if pid == 0:
     os.execv(sys.argv[1], sys.argv[1:])
@@ -363,6 +364,14 @@ def read_until(marker):
             seen += chunk
     return True
 read_until(b"aitokens passphrase: ")
+def wait_for_no_echo():
+    # Type only once the program has turned echo off, as a person would
+    # (typed-ahead input is echoed, or flushed, by the terminal itself).
+    while termios.tcgetattr(fd)[3] & termios.ECHO:
+        if time.time() > deadline:
+            sys.exit("echo was never turned off")
+        time.sleep(0.01)
+wait_for_no_echo()
 os.write(fd, os.environ["PASSPHRASE"].encode() + b"\n")
 if read_until(b"serving"):
     os.kill(pid, signal.SIGTERM)

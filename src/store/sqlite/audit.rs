@@ -67,7 +67,7 @@ pub(super) fn list(
         "SELECT seq, time_us, actor, peer, method, tenant, resource, outcome, reason FROM audit
          WHERE seq > ?1
            AND (?2 IS NULL OR tenant = ?2)
-           AND (?3 IS NULL OR resource = ?3)
+           AND (?3 IS NULL OR resource = ?3 OR substr(resource, 1, length(?3) + 1) = ?3 || '/')
            AND (?4 IS NULL OR actor = ?4)
            AND (?5 IS NULL OR method = ?5)
            AND (?6 IS NULL OR time_us >= ?6)
@@ -138,6 +138,15 @@ pub fn verify_audit_file(path: &Path) -> Result<AuditVerdict> {
 }
 
 fn verify(conn: &Connection) -> Result<AuditVerdict> {
+    // One read transaction: the rows and the head come from one snapshot,
+    // so an append by a live server is not mistaken for a truncation.
+    let tx = conn.unchecked_transaction()?;
+    let verdict = walk(&tx);
+    tx.finish()?;
+    verdict
+}
+
+fn walk(conn: &Connection) -> Result<AuditVerdict> {
     let mut stmt = conn.prepare(
         "SELECT seq, time_us, actor, peer, method, tenant, resource, outcome, reason, prev_hash, hash
          FROM audit ORDER BY seq",

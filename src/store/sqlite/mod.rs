@@ -150,16 +150,26 @@ impl SqliteStore {
     /// so in the log if it never succeeds (the next removal tries again).
     fn truncate_wal(&self) -> Result<()> {
         let conn = self.writer();
-        for _ in 0..CHECKPOINT_TRIES {
-            let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-            if busy == 0 {
-                return Ok(());
+        // No busy handler while checkpointing: a long outside reader must
+        // cost a few short retries, not 5 s each with every writer waiting.
+        conn.busy_timeout(Duration::ZERO)?;
+        let outcome = (|| {
+            for _ in 0..CHECKPOINT_TRIES {
+                let busy: i64 =
+                    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+                if busy == 0 {
+                    return Ok(true);
+                }
+                thread::sleep(CHECKPOINT_PAUSE);
             }
-            thread::sleep(CHECKPOINT_PAUSE);
+            Ok::<_, Error>(false)
+        })();
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        if !outcome? {
+            tracing::warn!(
+                "WAL checkpoint stayed busy; removed data may linger in the WAL until the next one"
+            );
         }
-        tracing::warn!(
-            "WAL checkpoint stayed busy; removed data may linger in the WAL until the next one"
-        );
         Ok(())
     }
 }
@@ -293,7 +303,12 @@ impl TokenStore for SqliteStore {
             tokens::delete(tx, &current)?;
             Ok(((), events))
         })?;
-        self.truncate_wal()
+        // The removal is committed (and audited): a failed erasure step must
+        // not report it as failed. The next removal or VACUUM retries it.
+        if let Err(e) = self.truncate_wal() {
+            tracing::error!(error = %e, "WAL truncation after a removal failed");
+        }
+        Ok(())
     }
 
     fn usage(&self, uid: &TokenUid) -> Result<Vec<(String, UsageStats)>> {
@@ -358,8 +373,15 @@ impl TokenStore for SqliteStore {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn add_kek(&self, version: u32, sealed: &[u8], events: &[AuditEvent]) -> Result<()> {
+    fn add_kek(
+        &self,
+        expected: &KeyringRecords,
+        version: u32,
+        sealed: &[u8],
+        events: &[AuditEvent],
+    ) -> Result<()> {
         self.write(|tx| {
+            ensure_keyring_unchanged(tx, expected)?;
             tx.execute(
                 "INSERT INTO keks (version, sealed) VALUES (?1, ?2)",
                 params![version, sealed],
@@ -425,9 +447,15 @@ impl TokenStore for SqliteStore {
         self.vacuum()
     }
 
-    fn replace_keyring(&self, records: &KeyringRecords, events: &[AuditEvent]) -> Result<()> {
+    fn replace_keyring(
+        &self,
+        expected: &KeyringRecords,
+        records: &KeyringRecords,
+        events: &[AuditEvent],
+    ) -> Result<()> {
         let kdf = records.kdf.as_ref();
         self.write(|tx| {
+            ensure_keyring_unchanged(tx, expected)?;
             tx.execute(
                 "UPDATE keyring SET key_check = ?1, current_version = ?2,
                         kdf_salt = ?3, kdf_m_kib = ?4, kdf_t = ?5, kdf_p = ?6 WHERE id = 1",
@@ -474,16 +502,7 @@ impl TokenStore for SqliteStore {
     }
 
     fn backup(&self, dest: &Path) -> Result<()> {
-        create_private_file(dest)?;
-        let mut target = Connection::open(dest)?;
-        let source = self.reader();
-        let backup = rusqlite::backup::Backup::new(&source, &mut target)?;
-        // Small steps with pauses let the server's writers interleave.
-        backup.run_to_completion(256, Duration::from_millis(5), None)?;
-        drop(backup);
-        drop(source);
-        target.execute_batch("PRAGMA journal_mode = DELETE;")?;
-        Ok(())
+        backup_to(&self.reader(), dest)
     }
 
     fn scan_sealed(
@@ -493,6 +512,76 @@ impl TokenStore for SqliteStore {
     ) -> Result<Vec<(i64, TokenName, SealedToken)>> {
         tokens::scan_sealed(&self.reader(), after_seq, limit)
     }
+}
+
+/// Compare-and-swap guard for keyring changes: the stored key check,
+/// current version and set of KEK versions must be what the caller read.
+fn ensure_keyring_unchanged(tx: &Transaction<'_>, expected: &KeyringRecords) -> Result<()> {
+    let (check, current): (Vec<u8>, u32) = tx.query_row(
+        "SELECT key_check, current_version FROM keyring WHERE id = 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let versions: Vec<u32> = {
+        let mut stmt = tx.prepare("SELECT version FROM keks ORDER BY version")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let expected_versions: Vec<u32> = expected.sealed_keks.iter().map(|(v, _)| *v).collect();
+    if check != expected.key_check
+        || current != expected.current_version
+        || versions != expected_versions
+    {
+        return Err(Error::FailedPrecondition {
+            reason: "KEYRING_CHANGED",
+            message: "the keyring changed meanwhile (another rotation or rekey); check `aitokens keys status` and retry",
+            violations: Vec::new(),
+        });
+    }
+    Ok(())
+}
+
+/// Copies the database `source` reads to `dest` with SQLite's online backup
+/// API, in one step: a single read snapshot, so writers elsewhere neither
+/// wait for it nor make it start over. The copy is synced before it counts.
+fn backup_to(source: &Connection, dest: &Path) -> Result<()> {
+    create_private_file(dest)?;
+    let mut target = Connection::open(dest)?;
+    {
+        use rusqlite::backup::StepResult;
+        let backup = rusqlite::backup::Backup::new(source, &mut target)?;
+        // All pages in one step (-1): one read snapshot of the source.
+        let mut tries = 0;
+        loop {
+            match backup.step(-1)? {
+                StepResult::Done => break,
+                StepResult::Busy | StepResult::Locked if tries < 200 => {
+                    tries += 1;
+                    thread::sleep(Duration::from_millis(25));
+                }
+                other => {
+                    return Err(Error::Storage(format!(
+                        "online backup did not finish: {other:?}"
+                    )));
+                }
+            }
+        }
+    }
+    target.execute_batch("PRAGMA journal_mode = DELETE;")?;
+    drop(target);
+    fs::File::open(dest)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::Startup(format!("syncing {}: {e}", dest.display())))?;
+    Ok(())
+}
+
+/// Backs up the database at `path` (opened read-only: no migration, no
+/// check, nothing written to it) to `dest`, while a server may serve it.
+pub fn backup_file(path: &Path, dest: &Path) -> Result<()> {
+    let source = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| open_error(path, &e))?;
+    source.busy_timeout(BUSY_TIMEOUT)?;
+    backup_to(&source, dest)
 }
 
 fn open_error(path: &Path, e: &rusqlite::Error) -> Error {

@@ -215,8 +215,17 @@ pub(super) fn from_micros(us: i64) -> SystemTime {
 }
 
 pub(super) fn unique_violation(e: rusqlite::Error, what: &'static str) -> Error {
-    match e.sqlite_error_code() {
-        Some(ErrorCode::ConstraintViolation) => Error::AlreadyExists(what),
+    // Only uniqueness means "exists already"; a foreign-key or check
+    // violation is a real failure and must not be reported as a duplicate.
+    const UNIQUE: i32 = 2067; // SQLITE_CONSTRAINT_UNIQUE
+    const PRIMARY_KEY: i32 = 1555; // SQLITE_CONSTRAINT_PRIMARYKEY
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == ErrorCode::ConstraintViolation
+                && matches!(f.extended_code, UNIQUE | PRIMARY_KEY) =>
+        {
+            Error::AlreadyExists(what)
+        }
         _ => e.into(),
     }
 }
