@@ -12,10 +12,11 @@ const SECRET_MESSAGES: [&str; 2] = [
     "aitokens.v1.ResolveTokenResponse",
 ];
 
-const PROTOS: [&str; 3] = [
+const PROTOS: [&str; 4] = [
     "proto/aitokens/v1/token.proto",
     "proto/aitokens/v1/admin.proto",
     "proto/aitokens/v1/resolver.proto",
+    "proto/aitokens/bench/v1/echo.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

@@ -18,6 +18,9 @@
 //! [store]
 //! database = "aitokens.db"
 //! master_key_file = "master.key"
+//!
+//! [bench]                    # optional; only `aitokens bench` sets it
+//! echo = false               # serve the Echo transport-floor RPC (internal listener)
 //! ```
 //!
 //! Relative paths are relative to the directory of the config file. The file
@@ -44,6 +47,26 @@ pub struct Config {
     pub internal: ListenerConfig,
     /// Database and root key.
     pub store: StoreConfig,
+    /// Benchmark support; everything in it is off unless a config turns it on.
+    #[serde(default, skip_serializing_if = "BenchConfig::is_off")]
+    pub bench: BenchConfig,
+}
+
+/// Benchmark support (`aitokens bench` writes a config that turns it on).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenchConfig {
+    /// Serve `aitokens.bench.v1.Echo` on the internal listener: a trivial RPC
+    /// behind the same mutual TLS, the transport floor ResolveToken is
+    /// measured against. It carries no secret. Off by default.
+    #[serde(default)]
+    pub echo: bool,
+}
+
+impl BenchConfig {
+    fn is_off(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 /// One TLS listener. Clients must present a certificate that chains to `client_ca`.

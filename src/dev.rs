@@ -11,7 +11,7 @@ use std::{
 };
 
 use crate::{
-    config::{Config, ListenerConfig, StoreConfig},
+    config::{BenchConfig, Config, ListenerConfig, StoreConfig},
     crypto::RootKey,
     error::{Error, Result},
     pki::Ca,
@@ -92,6 +92,7 @@ pub fn prepare(dir: &Path, admin: SocketAddr, internal: SocketAddr) -> Result<De
             database: "aitokens.db".into(),
             master_key_file: "master.key".into(),
         },
+        bench: BenchConfig::default(),
     };
     let text = toml::to_string(&config).map_err(|e| Error::Internal(format!("config: {e}")))?;
     let config_path = dir.join("config.toml");

@@ -20,10 +20,12 @@
 //! Data flows one way: [`api`] (transport) -> [`auth`] -> [`tokens`] (domain)
 //! -> [`crypto`] / [`store`]. [`error`] holds the one error type and its one
 //! mapping to gRPC statuses. [`server`] wires two tonic servers over one
-//! domain handle; [`dev`] and [`pki`] make the embedded default.
+//! domain handle; [`dev`] and [`pki`] make the embedded default; [`bench`]
+//! measures the server against its transport floor.
 
 pub mod api;
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod crypto;
 pub mod dev;

@@ -46,6 +46,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Measure ResolveToken against the transport floor (a trivial Echo RPC
+    /// over the identical mTLS setup), plus CreateToken, ListTokens depth,
+    /// startup time and memory. Runs `aitokens serve` as a child process on
+    /// 127.0.0.1 over a temp dir; every phase is bounded in time and count.
+    Bench(aitokens::bench::Options),
 }
 
 #[tokio::main]
@@ -97,6 +102,7 @@ async fn run(cli: Cli) -> Result<()> {
             );
             server.serve(admin, internal, shutdown_signal()).await
         }
+        Command::Bench(options) => aitokens::bench::run(options).await.map(drop),
     }
 }
 

@@ -19,6 +19,7 @@ use tonic_health::server::HealthReporter;
 use crate::{
     api::{
         AdminApi, MAX_REQUEST_BYTES, ResolverApi,
+        echo::{EchoApi, pb::echo_server::EchoServer},
         pb::{
             self, token_admin_server::TokenAdminServer, token_resolver_server::TokenResolverServer,
         },
@@ -48,6 +49,8 @@ pub struct Server {
     policy: Arc<PolicyHandle>,
     admin_tls: Arc<ServerConfig>,
     internal_tls: Arc<ServerConfig>,
+    /// Serve the benchmark's Echo RPC on the internal listener.
+    echo: bool,
 }
 
 impl Server {
@@ -76,12 +79,18 @@ impl Server {
             }
         };
         drop(root);
+        if config.bench.echo {
+            tracing::warn!(
+                "serving the benchmark Echo RPC on the internal listener ([bench] echo = true)"
+            );
+        }
         let tokens = Tokens::new(Arc::new(store), Arc::new(keyring));
         Ok(Self {
             tokens,
             policy: Arc::new(PolicyHandle::new(policy)),
             admin_tls,
             internal_tls,
+            echo: config.bench.echo,
         })
     }
 
@@ -144,6 +153,7 @@ impl Server {
                     .map_err(reflection_error)?,
             )
             .add_service(resolver_api)
+            .add_optional_service(self.echo.then(|| EchoServer::new(EchoApi)))
             .serve_with_incoming_shutdown(
                 TlsIncoming::new(internal, self.internal_tls, "internal"),
                 stopped(stop_rx.clone(), internal_health.clone()),

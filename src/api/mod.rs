@@ -7,6 +7,7 @@
 //! through `impl From<Error> for Status` in [`crate::error`].
 
 mod admin;
+pub mod echo;
 pub mod pb;
 mod resolver;
 

@@ -86,6 +86,22 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Inserts sealed tokens in one transaction: all or none (a taken id
+    /// fails the batch with `AlreadyExists`). For bulk loading, such as the
+    /// benchmark's seeding; the records' `seq` fields are ignored.
+    pub fn insert_batch(&self, rows: &[(TokenRecord, SealedValue)]) -> Result<()> {
+        let mut conn = self.writer();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(INSERT_TOKEN)?;
+            for (record, sealed) in rows {
+                insert_row(&mut stmt, record, sealed)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     fn writer(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent (a
         // dropped transaction rolls back), so a poisoned lock is still usable.
@@ -168,24 +184,7 @@ impl TokenStore for SqliteStore {
 
     fn insert(&self, mut record: TokenRecord, sealed: &SealedValue) -> Result<TokenRecord> {
         let conn = self.writer();
-        conn.prepare_cached(
-            "INSERT INTO tokens (uid, tenant, token_id, display_name, create_us, update_us,
-                                 revision, kek_version, wrapped_data_key, value_ciphertext)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?
-        .execute(params![
-            record.uid.as_bytes(),
-            record.name.tenant.as_str(),
-            record.name.token_id.as_str(),
-            record.display_name,
-            micros(record.create_time),
-            micros(record.update_time),
-            record.revision,
-            sealed.kek_version,
-            sealed.wrapped_data_key,
-            sealed.value_ciphertext,
-        ])
-        .map_err(unique_to_already_exists)?;
+        insert_row(&mut conn.prepare_cached(INSERT_TOKEN)?, &record, sealed)?;
         record.seq = conn.last_insert_rowid();
         Ok(record)
     }
@@ -266,6 +265,31 @@ impl TokenStore for SqliteStore {
         tx.commit()?;
         Self::truncate_wal(&conn)
     }
+}
+
+const INSERT_TOKEN: &str = "INSERT INTO tokens (uid, tenant, token_id, display_name, create_us,
+                         update_us, revision, kek_version, wrapped_data_key, value_ciphertext)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+fn insert_row(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    record: &TokenRecord,
+    sealed: &SealedValue,
+) -> Result<()> {
+    stmt.execute(params![
+        record.uid.as_bytes(),
+        record.name.tenant.as_str(),
+        record.name.token_id.as_str(),
+        record.display_name,
+        micros(record.create_time),
+        micros(record.update_time),
+        record.revision,
+        sealed.kek_version,
+        sealed.wrapped_data_key,
+        sealed.value_ciphertext,
+    ])
+    .map_err(unique_to_already_exists)?;
+    Ok(())
 }
 
 fn select_for_write(tx: &Transaction<'_>, name: &TokenName) -> Result<TokenRecord> {
