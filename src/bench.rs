@@ -26,7 +26,7 @@
 use std::{
     fmt::Write as _,
     future::Future,
-    net::{SocketAddr, TcpListener as StdTcpListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Arc,
@@ -103,8 +103,10 @@ pub struct Options {
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// RUST_LOG of the server process (its log goes to a file in the temp dir).
-    #[arg(long, default_value = "warn")]
+    /// RUST_LOG of the server process (its log goes to a file in the temp
+    /// dir). It must keep `aitokens` at info: the bench reads the listening
+    /// addresses from the "serving" line.
+    #[arg(long, default_value = "info")]
     pub server_log: String,
     /// The aitokens binary to run as the server (default: this one).
     #[arg(long)]
@@ -718,8 +720,6 @@ struct DataDir {
     dir: tempfile::TempDir,
     config_path: PathBuf,
     config: Config,
-    admin: SocketAddr,
-    internal: SocketAddr,
 }
 
 impl DataDir {
@@ -728,8 +728,9 @@ impl DataDir {
             .prefix("aitokens-bench-")
             .tempdir()
             .map_err(|e| Error::Startup(format!("temp dir: {e}")))?;
-        let (admin, internal) = (free_port()?, free_port()?);
-        let mut config = dev::prepare(dir.path(), admin, internal)?.config;
+        // Port 0: the server binds free ports and logs them ("serving").
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let mut config = dev::prepare(dir.path(), any, any)?.config;
         config.bench.echo = echo;
         let config_path = dir.path().join("bench.toml");
         let text = toml::to_string(&config).map_err(|e| Error::Internal(format!("config: {e}")))?;
@@ -739,8 +740,6 @@ impl DataDir {
             dir,
             config_path,
             config,
-            admin,
-            internal,
         })
     }
 
@@ -873,12 +872,18 @@ fn now_micros() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_micros(since.as_micros() as u64)
 }
 
-fn free_port() -> Result<SocketAddr> {
-    let listener = StdTcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::Startup(format!("finding a free port: {e}")))?;
-    listener
-        .local_addr()
-        .map_err(|e| Error::Startup(format!("finding a free port: {e}")))
+/// The addresses in the server's "serving admin=ADDR internal=ADDR" log line.
+fn serving_addresses(log: &str) -> Option<(SocketAddr, SocketAddr)> {
+    log.lines()
+        .filter(|l| l.contains(" serving "))
+        .find_map(|line| {
+            let field = |key: &str| {
+                line.split_whitespace()
+                    .find_map(|word| word.strip_prefix(key))
+                    .and_then(|addr| addr.parse().ok())
+            };
+            Some((field("admin=")?, field("internal=")?))
+        })
 }
 
 /// `aitokens serve` as a child process.
@@ -914,8 +919,8 @@ impl ServerProcess {
         let mut server = Self {
             pid: child.id(),
             child,
-            admin: data.admin,
-            internal: data.internal,
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            internal: SocketAddr::from(([127, 0, 0, 1], 0)),
             ready_after: Duration::ZERO,
             log,
         };
@@ -938,7 +943,14 @@ impl ServerProcess {
                     server.log_tail()
                 )));
             }
-            if health(server.admin, "admin").await == Some(true)
+            if server.admin.port() == 0 {
+                let text = std::fs::read_to_string(&server.log).unwrap_or_default();
+                if let Some((admin, internal)) = serving_addresses(&text) {
+                    (server.admin, server.internal) = (admin, internal);
+                }
+            }
+            if server.admin.port() != 0
+                && health(server.admin, "admin").await == Some(true)
                 && health(server.internal, "agent").await == Some(true)
             {
                 server.ready_after = started.elapsed();

@@ -84,7 +84,7 @@ impl Server {
                 "serving the benchmark Echo RPC on the internal listener ([bench] echo = true)"
             );
         }
-        let tokens = Tokens::new(Arc::new(store), Arc::new(keyring));
+        let tokens = Tokens::new(Arc::new(store), Arc::new(keyring))?;
         Ok(Self {
             tokens,
             policy: Arc::new(PolicyHandle::new(policy)),
