@@ -211,12 +211,24 @@ impl TokenStore for SqliteStore {
         let mut stmt = conn.prepare_cached(&sql)?;
         let row = stmt
             .query_row(params![name.tenant.as_str(), name.token_id.as_str()], |r| {
-                let sealed = SealedValue {
-                    kek_version: r.get(8)?,
-                    wrapped_data_key: r.get(9)?,
-                    value_ciphertext: r.get(10)?,
+                // A key version no KEK could have (negative, or beyond u32)
+                // was written behind our back: data loss, like any other
+                // tampered encrypted field, not a store failure.
+                let kek_version: i64 = r.get(8)?;
+                let sealed = u32::try_from(kek_version).map_err(|_| Error::DataLoss).map(
+                    |kek_version| -> rusqlite::Result<SealedValue> {
+                        Ok(SealedValue {
+                            kek_version,
+                            wrapped_data_key: r.get(9)?,
+                            value_ciphertext: r.get(10)?,
+                        })
+                    },
+                );
+                let sealed = match sealed {
+                    Ok(read) => Ok(read?),
+                    Err(e) => Err(e),
                 };
-                Ok(token_from_row(r)?.map(|record| (record, sealed)))
+                Ok(token_from_row(r)?.and_then(|record| Ok((record, sealed?))))
             })
             .optional()?;
         row.transpose()
