@@ -9,6 +9,7 @@ mod common;
 mod crash;
 mod mtls;
 mod process;
+mod races;
 mod store;
 mod tamper;
 mod validation;
