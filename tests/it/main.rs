@@ -3,6 +3,7 @@
 //! One test binary with modules (it builds much faster than many binaries).
 
 mod admin;
+mod bad_input;
 mod bench;
 mod binary;
 mod common;
