@@ -10,6 +10,7 @@ mod common;
 mod crash;
 mod mtls;
 mod process;
+mod props;
 mod races;
 mod store;
 mod tamper;
