@@ -8,6 +8,7 @@ mod bench;
 mod binary;
 mod common;
 mod crash;
+mod leak;
 mod mtls;
 mod process;
 mod props;
