@@ -149,9 +149,7 @@ impl Tokens {
         display_name: &str,
         value: SecretValue,
     ) -> Result<TokenRecord> {
-        let token_id = TokenId::new(token_id, "token_id")?;
-        validate_display_name(display_name, "token.display_name")?;
-        validate_value(&value)?;
+        let token_id = validate_new_token(token_id, display_name, &value)?;
         let now = now();
         let record = TokenRecord {
             uid: TokenUid::generate()?,
@@ -275,6 +273,20 @@ impl Tokens {
             })
             .await
     }
+}
+
+/// The checks CreateToken makes before anything is sealed or stored: the
+/// token id, the display name and the value. Public so that fuzzing and
+/// property tests drive exactly the code the server runs.
+pub fn validate_new_token(
+    token_id: &str,
+    display_name: &str,
+    value: &SecretValue,
+) -> Result<TokenId> {
+    let token_id = TokenId::new(token_id, "token_id")?;
+    validate_display_name(display_name, "token.display_name")?;
+    validate_value(value)?;
+    Ok(token_id)
 }
 
 fn check_etag(current: &TokenRecord, expected: Option<&str>) -> Result<()> {

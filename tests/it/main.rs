@@ -13,6 +13,7 @@ mod mtls;
 mod process;
 mod props;
 mod races;
+mod soak;
 mod store;
 mod tamper;
 mod validation;

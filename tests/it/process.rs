@@ -121,6 +121,12 @@ impl Serve {
     }
 }
 
+impl Serve {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Serve {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
