@@ -20,7 +20,7 @@
 //! Data flows one way: [`api`] (transport) -> [`auth`] -> [`tokens`] (domain)
 //! -> [`crypto`] / [`store`]. [`error`] holds the one error type and its one
 //! mapping to gRPC statuses. [`server`] wires two tonic servers over one
-//! domain handle; [`dev`] and [`pki`] make the embedded default; [`bench`]
+//! domain handle; [`dev`] and [`pki`] make the embedded default; [`mod@bench`]
 //! measures the server against its transport floor.
 
 pub mod api;
