@@ -102,7 +102,14 @@ async fn run(cli: Cli) -> Result<()> {
             );
             server.serve(admin, internal, shutdown_signal()).await
         }
-        Command::Bench(options) => aitokens::bench::run(options).await.map(drop),
+        Command::Bench(options) => {
+            // On Ctrl-C the run is dropped, which stops its server process
+            // and removes its temp dirs.
+            tokio::select! {
+                result = aitokens::bench::run(options) => result.map(drop),
+                _ = tokio::signal::ctrl_c() => Err(Error::Startup("interrupted".into())),
+            }
+        }
     }
 }
 
