@@ -11,6 +11,8 @@ use crate::common::{Setup, TestServer};
 
 #[test]
 fn bench_runs_every_phase_and_writes_json() {
+    let _heavy = crate::common::HEAVY.blocking_lock();
+
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("bench.json");
     let output = Command::new(env!("CARGO_BIN_EXE_aitokens"))

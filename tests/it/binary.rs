@@ -72,6 +72,16 @@ fn start_dev(dir: &std::path::Path) -> Dev {
 }
 
 async fn channel(dir: &std::path::Path, addr: SocketAddr, who: &str) -> Channel {
+    try_channel(dir, addr, who)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn try_channel(
+    dir: &std::path::Path,
+    addr: SocketAddr,
+    who: &str,
+) -> Result<Channel, String> {
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("read");
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read("ca.pem")))
@@ -80,13 +90,19 @@ async fn channel(dir: &std::path::Path, addr: SocketAddr, who: &str) -> Channel 
             read(&format!("{who}.key")),
         ))
         .domain_name("localhost");
+    let started = std::time::Instant::now();
     Channel::from_shared(format!("https://{addr}"))
         .expect("uri")
         .tls_config(tls)
         .expect("tls")
         .connect()
         .await
-        .expect("connect")
+        .map_err(|e| {
+            format!(
+                "connect to {addr} failed after {:?}: {e:?}",
+                started.elapsed()
+            )
+        })
 }
 
 /// Sends SIGTERM and waits (bounded) for a clean exit; returns stderr.
@@ -114,6 +130,8 @@ async fn stop(mut dev: Dev) -> String {
 
 #[tokio::test]
 async fn dev_serves_reuses_its_folder_and_never_logs_a_value() {
+    let _heavy = crate::common::HEAVY.lock().await;
+
     let dir = tempfile::tempdir().expect("tempdir");
     let dev = start_dev(dir.path());
     let master_key = std::fs::read(dir.path().join("master.key")).expect("master key written");
@@ -135,7 +153,20 @@ async fn dev_serves_reuses_its_folder_and_never_logs_a_value() {
     let canaries: Vec<String> = (0..50)
         .map(|i| format!("sk-logcanary-{i:03}-c0ffee"))
         .collect();
-    let mut admin = TokenAdminClient::new(channel(dir.path(), dev.admin, "admin").await);
+    let first = try_channel(dir.path(), dev.admin, "admin").await;
+    let first = match first {
+        Ok(channel) => channel,
+        Err(e) => {
+            let logs = stop(dev).await;
+            let related: Vec<&str> = logs
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("INFO") || l.contains("rror"))
+                .take(60)
+                .collect();
+            panic!("{e}\n{}", related.join("\n"));
+        }
+    };
+    let mut admin = TokenAdminClient::new(first);
     let mut resolver = TokenResolverClient::new(channel(dir.path(), dev.internal, "agent").await);
     for (i, value) in canaries.iter().enumerate() {
         admin

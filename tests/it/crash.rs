@@ -35,6 +35,8 @@ type Journal = Arc<Mutex<HashMap<String, (String, Outcome)>>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_concurrent_creates_loses_nothing_acknowledged() {
+    let _heavy = crate::common::HEAVY.lock().await;
+
     let cycles = if long_tests() { 50 } else { 20 };
     let seed = std::env::var("AITOKENS_CRASH_SEED")
         .ok()

@@ -111,6 +111,8 @@ fn files(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_canary_reaches_logs_statuses_debug_output_or_files() {
+    let _heavy = crate::common::HEAVY.lock().await;
+
     let data = DataDir::new();
     let server = Serve::start(&data, "trace", "trace.log");
     let mut admin = server.admin(&data).await;

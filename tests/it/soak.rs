@@ -44,6 +44,8 @@ fn stable_value(i: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_load_shows_no_errors_and_no_growth() {
+    let _heavy = crate::common::HEAVY.lock().await;
+
     let length = if long_tests() {
         Duration::from_secs(180)
     } else {
