@@ -1,6 +1,6 @@
 //! The `aitokens` command: `dev` (the embedded default) and `serve` (production).
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{io::Write as _, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
@@ -157,7 +157,10 @@ fn print_dev_banner(
         .local_addr()
         .unwrap_or(setup.config.internal.listen);
     let d = dir.display();
-    println!(
+    // A closed stdout (`aitokens dev | head`) must not bring the server down:
+    // println! would panic on EPIPE.
+    let _ = writeln!(
+        std::io::stdout(),
         r#"
 aitokens dev is running. Data folder: {d}
   admin    listener (aitokens.v1.TokenAdmin)     {admin}     client cert {d}/admin.pem

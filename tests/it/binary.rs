@@ -50,7 +50,8 @@ fn start_dev(dir: &std::path::Path) -> Dev {
     });
     let stdout = BufReader::new(child.stdout.take().expect("stdout"));
     let mut addrs = Vec::new();
-    for line in stdout.lines() {
+    let mut lines = stdout.lines();
+    for line in lines.by_ref() {
         let line = line.expect("stdout line");
         if line.contains("listener (aitokens.v1.") {
             addrs.extend(
@@ -63,6 +64,9 @@ fn start_dev(dir: &std::path::Path) -> Dev {
         }
     }
     assert_eq!(addrs.len(), 2, "aitokens dev did not print both addresses");
+    // Keep draining stdout: the banner goes on after the addresses, and a
+    // closed pipe must not be what the server runs into.
+    std::thread::spawn(move || for _ in lines {});
     Dev {
         child,
         stderr,
