@@ -12,11 +12,12 @@ const SECRET_MESSAGES: [&str; 2] = [
     "aitokens.v1.ResolveTokenResponse",
 ];
 
-const PROTOS: [&str; 4] = [
+const PROTOS: [&str; 5] = [
     "proto/aitokens/v1/token.proto",
     "proto/aitokens/v1/admin.proto",
     "proto/aitokens/v1/keys.proto",
     "proto/aitokens/v1/resolver.proto",
+    "proto/aitokens/bench/v1/echo.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

@@ -30,6 +30,8 @@
 //! jsonl = "audit.jsonl"      # mirror every audit record to this JSON-lines file
 //! [metrics]                  # optional: plain-HTTP /metrics, /healthz, /readyz
 //! listen = "127.0.0.1:9090"
+//! [bench]                    # optional; only `aitokens bench` sets it
+//! echo = false               # serve the Echo transport-floor RPC (internal listener)
 //! ```
 //!
 //! Relative paths are relative to the directory of the config file. The file
@@ -79,6 +81,9 @@ pub struct Config {
     /// The observability listener; none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
+    /// Benchmark support; everything in it is off unless a config turns it on.
+    #[serde(default, skip_serializing_if = "BenchConfig::is_off")]
+    pub bench: BenchConfig,
 }
 
 /// Usage tracking settings.
@@ -118,6 +123,23 @@ pub struct AuditConfig {
 pub struct MetricsConfig {
     /// Address to bind.
     pub listen: SocketAddr,
+}
+
+/// Benchmark support (`aitokens bench` writes a config that turns it on).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenchConfig {
+    /// Serve `aitokens.bench.v1.Echo` on the internal listener: a trivial RPC
+    /// behind the same mutual TLS, the transport floor ResolveToken is
+    /// measured against. It carries no secret. Off by default.
+    #[serde(default)]
+    pub echo: bool,
+}
+
+impl BenchConfig {
+    fn is_off(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 /// One TLS listener. Clients must present a certificate that chains to `client_ca`.

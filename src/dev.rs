@@ -11,7 +11,7 @@ use std::{
 };
 
 use crate::{
-    config::{Config, ListenerConfig, MetricsConfig, StoreConfig},
+    config::{BenchConfig, Config, ListenerConfig, MetricsConfig, StoreConfig},
     crypto::RootKey,
     error::{Error, Result},
     pki::Ca,
@@ -110,6 +110,7 @@ pub fn prepare(
         audit: Default::default(),
         lock_memory: false,
         metrics: metrics.map(|listen| MetricsConfig { listen }),
+        bench: BenchConfig::default(),
     };
     let text = toml::to_string(&config).map_err(|e| Error::Internal(format!("config: {e}")))?;
     let config_path = dir.join("config.toml");

@@ -24,13 +24,15 @@
 //! the `aitokens` command line: the server commands and a gRPC client
 //! (`aitokens token ...`) that uses only the public contract. [`telemetry`]
 //! holds the metrics, the health and readiness endpoints and request ids;
-//! [`tls`] the rustls acceptor with CRLs and reloads.
+//! [`tls`] the rustls acceptor with CRLs and reloads; [`mod@bench`] measures
+//! the server against its transport floor.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod crypto;

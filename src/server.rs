@@ -29,6 +29,7 @@ use tower::layer::util::{Identity, Stack};
 use crate::{
     api::{
         AdminApi, KeyAdminApi, MAX_REQUEST_BYTES, ResolverApi,
+        echo::{EchoApi, pb::echo_server::EchoServer},
         pb::{
             self, key_admin_server::KeyAdminServer, token_admin_server::TokenAdminServer,
             token_resolver_server::TokenResolverServer,
@@ -72,6 +73,8 @@ pub struct Server {
     /// SIGHUP, registered when the server opens: from then on a SIGHUP
     /// reloads TLS material (and the policy) instead of ending the process.
     hangup: Option<Hangup>,
+    /// Serve the benchmark's Echo RPC on the internal listener.
+    echo: bool,
 }
 
 #[cfg(unix)]
@@ -138,13 +141,18 @@ impl Server {
                 (root, keyring)
             }
         };
+        if config.bench.echo {
+            tracing::warn!(
+                "serving the benchmark Echo RPC on the internal listener ([bench] echo = true)"
+            );
+        }
         let settings = UsageSettings {
             track: config.usage.track,
             recent_window: Duration::from_secs(config.usage.recent_window_secs),
         };
         let store: Arc<dyn TokenStore> = Arc::new(store);
         let handle = Arc::new(KeyringHandle::new(root, keyring));
-        let tokens = Tokens::new(store.clone(), handle.clone(), settings);
+        let tokens = Tokens::new(store.clone(), handle.clone(), settings)?;
         telemetry.set_token_source(tokens.clone());
         Ok(Self {
             telemetry,
@@ -157,6 +165,7 @@ impl Server {
             internal_tls,
             tls_reload_interval: Duration::from_secs(config.tls_reload_interval_secs.max(1)),
             hangup: None,
+            echo: config.bench.echo,
         })
     }
 
@@ -253,6 +262,7 @@ impl Server {
                     .map_err(reflection_error)?,
             )
             .add_service(resolver_api)
+            .add_optional_service(self.echo.then(|| EchoServer::new(EchoApi)))
             .serve_with_incoming_shutdown(
                 TlsIncoming::new(
                     internal,

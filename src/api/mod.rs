@@ -10,9 +10,15 @@
 
 mod activity;
 mod admin;
+pub mod echo;
 mod keys;
 pub mod pb;
 mod resolver;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, LazyLock, Mutex},
+};
 
 use tonic::Request;
 
@@ -29,6 +35,30 @@ use crate::{
 /// Largest request message either service accepts (values are at most 64 KiB).
 pub const MAX_REQUEST_BYTES: usize = 128 * 1024;
 
+/// Parsed identities of recent client certificates, by DER bytes. Parsing
+/// is a pure function of the certificate (which TLS verified for this
+/// connection), so a cached result is exactly what parsing would give; the
+/// cache only saves re-parsing X.509 on every request of a connection.
+static IDENTITIES: LazyLock<Mutex<HashMap<Vec<u8>, Arc<PeerIdentity>>>> =
+    LazyLock::new(Mutex::default);
+/// Distinct certificates remembered before the cache starts over.
+const IDENTITY_CACHE_SIZE: usize = 1024;
+
+/// The identity in a verified leaf certificate, parsed once per certificate.
+fn cached_identity(leaf: &[u8]) -> Result<Arc<PeerIdentity>> {
+    let cache = || IDENTITIES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(identity) = cache().get(leaf) {
+        return Ok(identity.clone());
+    }
+    let identity = Arc::new(PeerIdentity::from_der(leaf)?);
+    let mut cache = cache();
+    if cache.len() >= IDENTITY_CACHE_SIZE {
+        cache.clear();
+    }
+    cache.insert(leaf.to_vec(), identity.clone());
+    Ok(identity)
+}
+
 /// Who is calling `method`: the verified certificate identity and the audit
 /// actor. A caller without a usable identity is audited as unauthenticated.
 fn identify<T>(
@@ -36,7 +66,7 @@ fn identify<T>(
     method: &'static str,
     resource: &str,
     audit: &AuditQueue,
-) -> Result<(PeerIdentity, Actor)> {
+) -> Result<(Arc<PeerIdentity>, Actor)> {
     let peer = request
         .remote_addr()
         .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
@@ -47,7 +77,7 @@ fn identify<T>(
             let leaf = certs
                 .first()
                 .ok_or(Error::Unauthenticated("a client certificate is required"))?;
-            PeerIdentity::from_der(leaf)
+            cached_identity(leaf)
         });
     match identity {
         Ok(identity) => {

@@ -98,6 +98,11 @@ pub enum Command {
     /// Replace a database with a backup, after checking that the root key
     /// opens it and every value in it. Stop the server first.
     Restore(RestoreArgs),
+    /// Measure ResolveToken against the transport floor (a trivial Echo RPC
+    /// over the identical mTLS setup), plus CreateToken, ListTokens depth,
+    /// startup time and memory. Runs `aitokens serve` as a child process on
+    /// 127.0.0.1 over a temp dir; every phase is bounded in time and count.
+    Bench(Box<crate::bench::Options>),
     /// Inspect the audit trail.
     Audit {
         /// What to do with the trail.
@@ -129,7 +134,7 @@ impl Command {
     /// The log level when RUST_LOG is unset: servers narrate, clients stay quiet.
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Self::Dev(_) | Self::Serve(_) => "info",
+            Self::Dev(_) | Self::Serve(_) | Self::Bench(_) => "info",
             Self::Token(_)
             | Self::Completions { .. }
             | Self::Init(_)
@@ -151,6 +156,21 @@ pub async fn run(cli: Cli, key_source: Option<KeySource>) -> ExitCode {
         Command::Dev(args) => server::dev(args).await,
         Command::Serve(args) => server::serve(args, key_source).await,
         Command::Token(args) => token::run(*args).await,
+        Command::Bench(options) => {
+            // On Ctrl-C the run is dropped, which stops its server process
+            // and removes its temp dirs.
+            let result = tokio::select! {
+                result = crate::bench::run(*options) => result.map(drop),
+                _ = tokio::signal::ctrl_c() => Err(crate::Error::Startup("interrupted".into())),
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("aitokens: error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Completions { shell } => {
             let mut command = Cli::command();
             clap_complete::generate(shell, &mut command, "aitokens", &mut std::io::stdout());

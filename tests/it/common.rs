@@ -25,6 +25,14 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
 };
 
+/// Tests that run the `aitokens` binary under trace logging or sustained
+/// load hold this while they run, so that on a 2-core machine they do not
+/// starve each other's servers (a TLS handshake of a trace-logging debug
+/// build under four such neighbours can outlast the server's 10 s
+/// handshake timeout).
+pub static HEAVY: std::sync::LazyLock<tokio::sync::Mutex<()>> =
+    std::sync::LazyLock::new(|| tokio::sync::Mutex::new(()));
+
 /// A running server over a data folder that outlives restarts.
 pub struct TestServer {
     pub dir: TempDir,

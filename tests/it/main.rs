@@ -4,17 +4,26 @@
 
 mod admin;
 mod audit;
+mod bad_input;
+mod bench;
 mod binary;
 mod cli;
 mod common;
+mod crash;
 mod deploy;
 mod keys;
+mod leak;
 mod lifecycle;
 mod mtls;
 mod observability;
+mod process;
+mod props;
+mod races;
 mod readme;
 mod reload;
 mod rotation;
 mod shutdown;
+mod soak;
 mod store;
+mod tamper;
 mod validation;

@@ -351,3 +351,99 @@ async fn policy_scopes_admins_to_tenants_and_resolvers_to_patterns() {
         assert_status(&status, Code::PermissionDenied, None);
     }
 }
+
+/// A client certificate for the agent identity with the given validity.
+fn agent_params(
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(
+        aitokens::dev::AGENT_IDENTITY.try_into().expect("uri"),
+    )];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params
+}
+
+#[tokio::test]
+async fn self_signed_expired_and_not_yet_valid_certificates_are_refused() {
+    let setup = Setup::new();
+    let pki = setup.pki();
+    let server = setup.start().await;
+    server
+        .admin()
+        .await
+        .create_token(create_request("acme", "openai", VALUE))
+        .await
+        .expect("create");
+    let now = time::OffsetDateTime::now_utc();
+    let day = time::Duration::days(1);
+
+    // Positive control: the same CA and identity, valid now.
+    let valid = pki
+        .ca
+        .issue(agent_params(now - day, now + day))
+        .expect("issue");
+    assert_eq!(
+        resolve_with(&server, Some(identity(&valid)))
+            .await
+            .expect("valid"),
+        VALUE
+    );
+
+    let expired = pki
+        .ca
+        .issue(agent_params(now - 30 * day, now - day))
+        .expect("issue");
+    assert_refused(
+        resolve_with(&server, Some(identity(&expired))).await,
+        "expired",
+    );
+    let not_yet = pki
+        .ca
+        .issue(agent_params(now + day, now + 30 * day))
+        .expect("issue");
+    assert_refused(
+        resolve_with(&server, Some(identity(&not_yet))).await,
+        "not yet valid",
+    );
+
+    // Self-signed, with the allowed identity in its SAN.
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = agent_params(now - day, now + day)
+        .self_signed(&key)
+        .expect("self-signed");
+    let self_signed = Identity::from_pem(cert.pem(), key.serialize_pem());
+    assert_refused(
+        resolve_with(&server, Some(self_signed)).await,
+        "self-signed",
+    );
+    // And on the admin listener, with the admin identity.
+    let mut params = agent_params(now - day, now + day);
+    params.subject_alt_names = vec![SanType::URI(
+        aitokens::dev::ADMIN_IDENTITY.try_into().expect("uri"),
+    )];
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("self-signed");
+    assert_refused(
+        admin_with(
+            &server,
+            Some(Identity::from_pem(cert.pem(), key.serialize_pem())),
+        )
+        .await,
+        "self-signed admin",
+    );
+    let expired_admin = {
+        let mut params = agent_params(now - 30 * day, now - day);
+        params.subject_alt_names = vec![SanType::URI(
+            aitokens::dev::ADMIN_IDENTITY.try_into().expect("uri"),
+        )];
+        pki.ca.issue(params).expect("issue")
+    };
+    assert_refused(
+        admin_with(&server, Some(identity(&expired_admin))).await,
+        "expired admin",
+    );
+}

@@ -44,13 +44,18 @@ pub(super) fn get_sealed(conn: &Connection, name: &TokenName) -> Result<Option<S
     let row = stmt
         .query_row(params![name.tenant.as_str(), name.token_id.as_str()], |r| {
             let uid: Vec<u8> = r.get(0)?;
-            Ok(TokenUid::from_slice(&uid).map(|uid| {
+            // A key version no KEK could have (negative, or beyond u32) was
+            // written behind our back: data loss, like any other tampered
+            // encrypted field, not a store failure.
+            let kek_version: i64 = r.get(3)?;
+            let uid = TokenUid::from_slice(&uid).filter(|_| u32::try_from(kek_version).is_ok());
+            Ok(uid.map(|uid| {
                 Ok::<_, rusqlite::Error>(SealedToken {
                     uid,
                     disabled: r.get(1)?,
                     replaced: r.get(2)?,
                     sealed: SealedValue {
-                        kek_version: r.get(3)?,
+                        kek_version: u32::try_from(kek_version).unwrap_or_default(),
                         wrapped_data_key: r.get(4)?,
                         value_ciphertext: r.get(5)?,
                     },

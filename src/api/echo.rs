@@ -1,0 +1,28 @@
+//! `aitokens.bench.v1.Echo`: the transport floor for `aitokens bench`.
+//!
+//! Served only when the config turns it on (`[bench] echo = true`), on the
+//! internal listener, behind the same mutual TLS as `TokenResolver`. It reads
+//! no identity, touches no store and no key: it returns the request as it
+//! came, so its cost is what HTTP/2, gRPC and TLS alone cost.
+
+use tonic::{Request, Response, Status};
+
+/// Generated types of `proto/aitokens/bench/v1/echo.proto`.
+#[allow(missing_docs)]
+pub mod pb {
+    tonic::include_proto!("aitokens.bench.v1");
+}
+
+/// The echo handler.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EchoApi;
+
+#[tonic::async_trait]
+impl pb::echo_server::Echo for EchoApi {
+    async fn echo(
+        &self,
+        request: Request<pb::EchoMessage>,
+    ) -> Result<Response<pb::EchoMessage>, Status> {
+        Ok(Response::new(request.into_inner()))
+    }
+}
