@@ -42,7 +42,7 @@ use tonic_health::pb::{
 
 use crate::{
     api::{
-        echo::pb::{EchoMessage, echo_client::EchoClient},
+        echo::pb::{EchoRequest, echo_client::EchoClient},
         pb::{
             CreateTokenRequest, ListTokensRequest, ResolveTokenRequest, Token,
             token_admin_client::TokenAdminClient, token_resolver_client::TokenResolverClient,
@@ -354,7 +354,7 @@ impl Bench {
             let filler = value_for(0);
             let echo = move |caller: usize, _seq: u64, random: u64| {
                 let mut client = clients[caller % clients.len()].clone();
-                let message = EchoMessage {
+                let message = EchoRequest {
                     name: token_name(TENANT, random % tokens),
                     value: filler.clone(),
                 };

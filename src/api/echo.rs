@@ -21,8 +21,9 @@ pub struct EchoApi;
 impl pb::echo_server::Echo for EchoApi {
     async fn echo(
         &self,
-        request: Request<pb::EchoMessage>,
-    ) -> Result<Response<pb::EchoMessage>, Status> {
-        Ok(Response::new(request.into_inner()))
+        request: Request<pb::EchoRequest>,
+    ) -> Result<Response<pb::EchoResponse>, Status> {
+        let pb::EchoRequest { name, value } = request.into_inner();
+        Ok(Response::new(pb::EchoResponse { name, value }))
     }
 }

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use aitokens::api::echo::pb::{EchoMessage, echo_client::EchoClient};
+use aitokens::api::echo::pb::{EchoRequest, EchoResponse, echo_client::EchoClient};
 use tonic::Code;
 
 use crate::common::{Setup, TestServer};
@@ -76,8 +76,8 @@ fn bench_runs_every_phase_and_writes_json() {
 async fn echo(
     server: &TestServer,
     internal: bool,
-    message: &EchoMessage,
-) -> Result<tonic::Response<EchoMessage>, tonic::Status> {
+    message: &EchoRequest,
+) -> Result<tonic::Response<EchoResponse>, tonic::Status> {
     let (addr, who) = if internal {
         (server.internal_addr, "agent")
     } else {
@@ -92,7 +92,7 @@ async fn echo(
 
 #[tokio::test]
 async fn echo_is_served_only_when_the_config_asks_and_only_internally() {
-    let message = EchoMessage {
+    let message = EchoRequest {
         name: "tenants/acme/tokens/x".into(),
         value: "filler".into(),
     };
@@ -113,7 +113,10 @@ async fn echo_is_served_only_when_the_config_asks_and_only_internally() {
         .await
         .expect("echo on")
         .into_inner();
-    assert_eq!(reply, message);
+    assert_eq!(
+        (reply.name.as_str(), reply.value.as_str()),
+        (message.name.as_str(), message.value.as_str())
+    );
     let status = echo(&server, false, &message)
         .await
         .expect_err("not on admin");
