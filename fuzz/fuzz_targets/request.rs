@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
         2 => {
             if let Ok(r) = ListTokensRequest::decode(bytes) {
                 if let Ok(tenant) = TenantId::from_parent(&r.parent, "parent") {
-                    refused(PageCursor::decode(&r.page_token, &tenant));
+                    refused(PageCursor::decode(&r.page_token, "tokens", tenant.as_str()));
                 }
             }
         }
