@@ -518,64 +518,30 @@ async fn completions_cover_every_token_command() {
     }
 }
 
-/// Runs ARGV on a pseudo-terminal, waits for the hidden-value prompt, types
-/// $VALUE and Enter, and prints everything the terminal showed.
-const PTY_DRIVER: &str = r#"
-import os, pty, select, sys, termios, time
-pid, fd = pty.fork()
-if pid == 0:
-    os.execv(sys.argv[1], sys.argv[1:])
-seen = b""
-deadline = time.time() + 20
-def read_until(marker):
-    global seen
-    while marker not in seen:
-        if time.time() > deadline:
-            sys.exit("timed out waiting for %r; the terminal showed %r" % (marker, seen))
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                return
-            if not chunk:
-                return
-            seen += chunk
-read_until(b"(input hidden): ")
-def wait_for_no_echo():
-    # Type only once the program has turned echo off, as a person would
-    # (typed-ahead input is echoed, or flushed, by the terminal itself).
-    while termios.tcgetattr(fd)[3] & termios.ECHO:
-        if time.time() > deadline:
-            sys.exit("echo was never turned off")
-        time.sleep(0.01)
-wait_for_no_echo()
-os.write(fd, os.environ["VALUE"].encode() + b"\n")
-read_until(b"etag")
-_, status = os.waitpid(pid, 0)
-sys.stdout.buffer.write(seen)
-sys.exit(os.waitstatus_to_exitcode(status))
-"#;
-
 #[tokio::test]
 async fn create_prompts_for_the_value_without_echo_on_a_terminal() {
     let (_server, profile) = server_with_profile().await;
     let cwd = tempfile::tempdir().expect("tempdir");
     let value = "sk-tty-canary-6f0c2a";
-    let mut command = Command::new("python3");
-    command
-        .current_dir(cwd.path())
-        .args(["-c", PTY_DRIVER, env!("CARGO_BIN_EXE_aitokens")])
-        .args([
-            "token",
-            "create",
-            "--tenant",
-            "acme",
-            "typed",
-            "--profile",
-            &profile,
-        ])
-        .env("VALUE", value);
+    let words = [
+        "token",
+        "create",
+        "--tenant",
+        "acme",
+        "typed",
+        "--profile",
+        profile.as_str(),
+    ];
+    let args: Vec<&std::ffi::OsStr> = words.iter().map(std::ffi::OsStr::new).collect();
+    let typing = crate::common::Typing {
+        prompt: "(input hidden): ",
+        typed: value,
+        until: "etag",
+        stop_after: None,
+    };
+    let mut command =
+        crate::common::on_a_terminal(Path::new(env!("CARGO_BIN_EXE_aitokens")), &args, &typing);
+    command.current_dir(cwd.path());
     for var in CLIENT_ENV {
         command.env_remove(var);
     }

@@ -280,3 +280,78 @@ pub fn assert_status(status: &Status, code: Code, field: Option<&str>) {
         );
     }
 }
+
+/// Drives a program on a pseudo-terminal (Python's `pty`): waits for
+/// `$PROMPT`, then until the program has turned echo off (a person types
+/// only then; typed-ahead input is echoed, or flushed, by the terminal
+/// itself), types `$TYPED` and Enter, waits for `$UNTIL`; if `$STOP_AFTER`
+/// is set, sends SIGTERM and waits for it. Prints everything the terminal
+/// showed and exits with the program's status.
+const PTY_DRIVER: &str = r#"
+import os, pty, select, signal, sys, termios, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+seen = b""
+deadline = time.time() + 60
+def read_until(marker):
+    global seen
+    while marker not in seen:
+        if time.time() > deadline:
+            sys.exit("timed out waiting for %r; the terminal showed %r" % (marker, seen))
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            seen += chunk
+    return True
+read_until(os.environ["PROMPT"].encode())
+while termios.tcgetattr(fd)[3] & termios.ECHO:
+    if time.time() > deadline:
+        sys.exit("echo was never turned off")
+    time.sleep(0.01)
+os.write(fd, os.environ["TYPED"].encode() + b"\n")
+if read_until(os.environ["UNTIL"].encode()) and os.environ.get("STOP_AFTER"):
+    os.kill(pid, signal.SIGTERM)
+    read_until(os.environ["STOP_AFTER"].encode())
+_, status = os.waitpid(pid, 0)
+sys.stdout.buffer.write(seen)
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+
+/// What a person typing at a terminal does, for [`on_a_terminal`].
+pub struct Typing<'a> {
+    /// The prompt to wait for.
+    pub prompt: &'a str,
+    /// What to type (Enter follows).
+    pub typed: &'a str,
+    /// What to wait for afterwards.
+    pub until: &'a str,
+    /// If set: send SIGTERM after `until`, then wait for this.
+    pub stop_after: Option<&'a str>,
+}
+
+/// A `python3` command that runs `program args` on a pseudo-terminal and
+/// types as `typing` says; its stdout is the terminal's screen.
+pub fn on_a_terminal(
+    program: &Path,
+    args: &[&std::ffi::OsStr],
+    typing: &Typing<'_>,
+) -> std::process::Command {
+    let mut command = std::process::Command::new("python3");
+    command
+        .args(["-c", PTY_DRIVER])
+        .arg(program)
+        .args(args)
+        .env("PROMPT", typing.prompt)
+        .env("TYPED", typing.typed)
+        .env("UNTIL", typing.until);
+    if let Some(stop) = typing.stop_after {
+        command.env("STOP_AFTER", stop);
+    }
+    command
+}

@@ -338,63 +338,23 @@ async fn a_key_file_open_to_others_is_refused_at_start() {
     assert!(err.to_string().contains("chmod 600"), "{err}");
 }
 
-/// Runs ARGV on a pseudo-terminal, types $PASSPHRASE at the passphrase
-/// prompt, waits for "serving" (then sends SIGTERM) or for the process to
-/// exit, and prints everything the terminal showed.
-const PASSPHRASE_PTY: &str = r#"
-import os, pty, select, signal, sys, termios, time
-pid, fd = pty.fork()
-if pid == 0:
-    os.execv(sys.argv[1], sys.argv[1:])
-seen = b""
-deadline = time.time() + 60
-def read_until(marker):
-    global seen
-    while marker not in seen:
-        if time.time() > deadline:
-            sys.exit("timed out waiting for %r; the terminal showed %r" % (marker, seen))
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                return False
-            if not chunk:
-                return False
-            seen += chunk
-    return True
-read_until(b"aitokens passphrase: ")
-def wait_for_no_echo():
-    # Type only once the program has turned echo off, as a person would
-    # (typed-ahead input is echoed, or flushed, by the terminal itself).
-    while termios.tcgetattr(fd)[3] & termios.ECHO:
-        if time.time() > deadline:
-            sys.exit("echo was never turned off")
-        time.sleep(0.01)
-wait_for_no_echo()
-os.write(fd, os.environ["PASSPHRASE"].encode() + b"\n")
-if read_until(b"serving"):
-    os.kill(pid, signal.SIGTERM)
-    read_until(b"server stopped")
-_, status = os.waitpid(pid, 0)
-sys.stdout.buffer.write(seen)
-sys.exit(os.waitstatus_to_exitcode(status))
-"#;
-
 fn serve_on_a_terminal(config: &Path, passphrase: &str) -> (bool, String) {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            PASSPHRASE_PTY,
-            env!("CARGO_BIN_EXE_aitokens"),
-            "serve",
-            "--config",
-        ])
-        .arg(config)
-        .env("PASSPHRASE", passphrase)
-        .env("RUST_LOG", "info")
-        .output()
-        .expect("python3 with pty");
+    let args = [
+        std::ffi::OsStr::new("serve"),
+        std::ffi::OsStr::new("--config"),
+        config.as_os_str(),
+    ];
+    let typing = crate::common::Typing {
+        prompt: "aitokens passphrase: ",
+        typed: passphrase,
+        until: "serving",
+        stop_after: Some("server stopped"),
+    };
+    let out =
+        crate::common::on_a_terminal(Path::new(env!("CARGO_BIN_EXE_aitokens")), &args, &typing)
+            .env("RUST_LOG", "info")
+            .output()
+            .expect("python3 with pty");
     let screen = String::from_utf8_lossy(&out.stdout).into_owned();
     (
         out.status.success(),
