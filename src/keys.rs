@@ -16,7 +16,13 @@
 //! A server notices a rotation or rekey made by another process (the CLI)
 //! through [`Keys::reload_if_changed`], which it calls on every flush tick.
 
-use std::sync::{Arc, RwLock};
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicI64, Ordering},
+    },
+};
 
 use crate::{
     audit::AuditEvent,
@@ -118,12 +124,21 @@ impl KeyStatus {
 pub struct Keys {
     store: Arc<dyn TokenStore>,
     handle: Arc<KeyringHandle>,
+    /// Where the re-wrap job's current pass stands (row sequence).
+    cursor: Arc<AtomicI64>,
+    /// Rows already reported as damaged (by sequence).
+    damaged: Arc<Mutex<HashSet<i64>>>,
 }
 
 impl Keys {
     /// Operations on `store`'s keyring, unsealed in `handle`.
     pub fn new(store: Arc<dyn TokenStore>, handle: Arc<KeyringHandle>) -> Self {
-        Self { store, handle }
+        Self {
+            store,
+            handle,
+            cursor: Arc::default(),
+            damaged: Arc::default(),
+        }
     }
 
     /// The shared keyring handle.
@@ -165,13 +180,33 @@ impl Keys {
 
     /// Re-wraps up to `batch` data keys in one transaction; returns how
     /// many moved (0 when the job is done).
+    ///
+    /// Returns how many rows it looked at; 0 ends a pass over the table (the
+    /// next call starts the next pass). A row whose data key no longer opens
+    /// is reported once (by name, never bytes) and left on its version, so
+    /// it cannot stall the rows after it; `keys status` keeps counting it,
+    /// and destroy-old stays refused while it exists.
     pub fn rewrap_step(&self, batch: usize) -> Result<usize> {
         let keyring = self.handle.current();
         let current = keyring.current_version();
-        self.store
-            .rewrap_batch(current, batch.max(1), &mut |tenant, uid, from, wrapped| {
-                keyring.rewrap(tenant, uid, from, wrapped)
-            })
+        let after = self.cursor.load(Ordering::Acquire);
+        let done = self.store.rewrap_batch(
+            current,
+            after,
+            batch.max(1),
+            &mut |tenant, uid, from, wrapped| keyring.rewrap(tenant, uid, from, wrapped),
+        )?;
+        if !done.damaged.is_empty() {
+            let mut reported = self.damaged.lock().unwrap_or_else(|p| p.into_inner());
+            for (seq, name) in &done.damaged {
+                if reported.insert(*seq) {
+                    tracing::error!(%name, "its data key does not open (tampered or corrupt): left out of the re-wrap");
+                }
+            }
+        }
+        let next = if done.scanned == 0 { 0 } else { done.last_seq };
+        self.cursor.store(next, Ordering::Release);
+        Ok(done.scanned)
     }
 
     /// Destroys every KEK version no data key uses; returns them.

@@ -453,17 +453,17 @@ async fn maintain_keys(keys: Keys, interval: Duration, mut stop: watch::Receiver
         let work = tokio::task::spawn_blocking(move || -> Result<usize> {
             keys.reload_if_changed()?;
             let started = std::time::Instant::now();
-            let mut moved = 0;
+            let mut scanned = 0;
             while started.elapsed() < REWRAP_SLICE {
                 match keys.rewrap_step(REWRAP_BATCH)? {
                     0 => break,
-                    n => moved += n,
+                    n => scanned += n,
                 }
             }
             if vacuum_due {
                 keys.vacuum()?;
             }
-            Ok(moved)
+            Ok(scanned)
         })
         .await;
         if vacuum_due {
@@ -471,7 +471,7 @@ async fn maintain_keys(keys: Keys, interval: Duration, mut stop: watch::Receiver
         }
         match work {
             Ok(Ok(0)) => {}
-            Ok(Ok(moved)) => tracing::info!(moved, "re-wrapped data keys under the current KEK"),
+            Ok(Ok(scanned)) => tracing::debug!(scanned, "re-wrap job progressed"),
             Ok(Err(e)) => tracing::error!(error = %e, "key maintenance failed; will retry"),
             Err(e) => tracing::error!(error = %e, "key maintenance task failed"),
         }

@@ -31,6 +31,19 @@ pub type RemoveFn<'a> = dyn FnMut(&TokenRecord, &RemovalContext) -> Result<Vec<A
 /// wrapped key, returns the key wrapped under the current KEK.
 pub type RewrapFn<'a> = dyn FnMut(&str, &TokenUid, u32, &[u8]) -> Result<Vec<u8>> + 'a;
 
+/// What one re-wrap batch did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RewrapBatch {
+    /// Rows looked at (0: nothing left after the cursor).
+    pub scanned: usize,
+    /// Rows moved to the current KEK.
+    pub moved: usize,
+    /// Sequence of the last row looked at.
+    pub last_seq: i64,
+    /// Rows whose data key did not open, by sequence and name.
+    pub damaged: Vec<(i64, String)>,
+}
+
 /// What the resolve path needs of a token: no more than one indexed read.
 #[derive(Debug)]
 pub struct SealedToken {
@@ -163,9 +176,17 @@ pub trait TokenStore: Send + Sync + 'static {
         sealed: &[u8],
         events: &[AuditEvent],
     ) -> Result<()>;
-    /// Re-wraps up to `limit` data keys not under KEK `current`, in one
-    /// transaction; returns how many moved (0: none left).
-    fn rewrap_batch(&self, current: u32, limit: usize, rewrap: &mut RewrapFn<'_>) -> Result<usize>;
+    /// Re-wraps up to `limit` data keys not under KEK `current` whose row
+    /// sequence is above `after_seq`, in one transaction. A row whose key no
+    /// longer opens (tampered, corrupt) is left as it is and reported; the
+    /// others move on.
+    fn rewrap_batch(
+        &self,
+        current: u32,
+        after_seq: i64,
+        limit: usize,
+        rewrap: &mut RewrapFn<'_>,
+    ) -> Result<RewrapBatch>;
     /// Deletes KEK `version`: refused while it is current or any row uses it.
     /// Then erases it from the WAL and the file (VACUUM).
     fn destroy_kek(&self, version: u32, events: &[AuditEvent]) -> Result<()>;

@@ -595,3 +595,61 @@ async fn removal_erases_ciphertext_and_wrapped_key_from_the_file_and_wal() {
         "search control failed"
     );
 }
+
+#[tokio::test]
+async fn a_damaged_row_does_not_stall_the_rewrap_job() {
+    let mut setup = Setup::new();
+    setup.config.usage.flush_interval_secs = 1;
+    let server = setup.start().await;
+    seed(&server, 40).await;
+    let db = server.database();
+    {
+        let conn = rusqlite::Connection::open(&db).expect("open");
+        conn.execute(
+            "UPDATE tokens SET wrapped_data_key = zeroblob(length(wrapped_data_key)) WHERE token_id = 't00003'",
+            [],
+        )
+        .expect("damage one row");
+    }
+    let mut keys = key_admin(&server).await;
+    keys.rotate_keys(RotateKeysRequest {})
+        .await
+        .expect("rotate");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = keys
+            .get_key_status(GetKeyStatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        if status.pending_rewrap == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job stalled: {status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every other row moved; the damaged one stays, and keeps its KEK alive.
+    assert_eq!(versions(&db).get(&2).copied(), Some(39));
+    let status = keys
+        .destroy_old_keys(DestroyOldKeysRequest {})
+        .await
+        .expect_err("still needed");
+    assert_status(&status, Code::FailedPrecondition, None);
+    let mut resolver = server.resolver().await;
+    for i in (0..40).filter(|i| *i != 3) {
+        let got = resolver
+            .resolve_token(ResolveTokenRequest {
+                name: format!("tenants/acme/tokens/t{i:05}"),
+            })
+            .await
+            .expect("resolve");
+        assert_eq!(got.get_ref().value, value_of(i));
+    }
+    let status = resolver
+        .resolve_token(ResolveTokenRequest {
+            name: "tenants/acme/tokens/t00003".into(),
+        })
+        .await
+        .expect_err("damaged");
+    assert_status(&status, Code::DataLoss, None);
+}

@@ -20,8 +20,8 @@ use rusqlite::{
 pub use audit::{AuditVerdict, verify_audit_file};
 
 use super::{
-    AuditFilter, BindingRecord, RemovalContext, RemoveFn, RewrapFn, SealedToken, TokenStore,
-    UpdateFn, schema::MIGRATIONS,
+    AuditFilter, BindingRecord, RemovalContext, RemoveFn, RewrapBatch, RewrapFn, SealedToken,
+    TokenStore, UpdateFn, schema::MIGRATIONS,
 };
 use crate::{
     audit::{AuditEvent, AuditRecord, JsonlSink},
@@ -407,17 +407,30 @@ impl TokenStore for SqliteStore {
         })
     }
 
-    fn rewrap_batch(&self, current: u32, limit: usize, rewrap: &mut RewrapFn<'_>) -> Result<usize> {
+    fn rewrap_batch(
+        &self,
+        current: u32,
+        after_seq: i64,
+        limit: usize,
+        rewrap: &mut RewrapFn<'_>,
+    ) -> Result<RewrapBatch> {
         self.write(|tx| {
-            // (seq, tenant, uid, KEK version, wrapped data key)
-            type Row = (i64, String, Vec<u8>, u32, Vec<u8>);
+            // (seq, tenant, token id, uid, KEK version, wrapped data key)
+            type Row = (i64, String, String, Vec<u8>, u32, Vec<u8>);
             let rows: Vec<Row> = {
                 let mut stmt = tx.prepare_cached(
-                    "SELECT seq, tenant, uid, kek_version, wrapped_data_key FROM tokens
-                     WHERE kek_version != ?1 ORDER BY seq LIMIT ?2",
+                    "SELECT seq, tenant, token_id, uid, kek_version, wrapped_data_key FROM tokens
+                     WHERE kek_version != ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
                 )?;
-                let rows = stmt.query_map(params![current, limit as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                let rows = stmt.query_map(params![current, after_seq, limit as i64], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
                 })?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
@@ -425,12 +438,29 @@ impl TokenStore for SqliteStore {
                 "UPDATE tokens SET kek_version = ?2, wrapped_data_key = ?3
                  WHERE seq = ?1 AND kek_version = ?4",
             )?;
-            for (seq, tenant, uid, from, wrapped) in &rows {
-                let uid = TokenUid::from_slice(uid).ok_or(Error::DataLoss)?;
-                let rewrapped = rewrap(tenant, &uid, *from, wrapped)?;
-                update.execute(params![seq, current, rewrapped, from])?;
+            let mut batch = RewrapBatch {
+                scanned: rows.len(),
+                last_seq: rows.last().map_or(after_seq, |r| r.0),
+                ..RewrapBatch::default()
+            };
+            for (seq, tenant, token_id, uid, from, wrapped) in &rows {
+                let rewrapped = TokenUid::from_slice(uid)
+                    .ok_or(Error::DataLoss)
+                    .and_then(|uid| rewrap(tenant, &uid, *from, wrapped));
+                match rewrapped {
+                    Ok(rewrapped) => {
+                        update.execute(params![seq, current, rewrapped, from])?;
+                        batch.moved += 1;
+                    }
+                    Err(Error::DataLoss) => {
+                        batch
+                            .damaged
+                            .push((*seq, format!("tenants/{tenant}/tokens/{token_id}")));
+                    }
+                    Err(other) => return Err(other),
+                }
             }
-            Ok((rows.len(), Vec::new()))
+            Ok((batch, Vec::new()))
         })
     }
 
