@@ -133,13 +133,21 @@ impl RootKey {
 
 const DEPLOYMENT_LINE: &str = "# aitokens root key for deployment ";
 
-/// A key file's contents.
-#[derive(Debug)]
+/// A key file's contents. Its `Debug` shows the deployment, never the key.
 pub struct KeyFile {
     /// The key.
     pub key: RootKey,
     /// The deployment it was created for, when the file says.
     pub deployment: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for KeyFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyFile")
+            .field("key", &"[REDACTED]")
+            .field("deployment", &self.deployment.as_deref().map(hex_encode))
+            .finish()
+    }
 }
 
 /// Argon2id parameters and salt, stored with the keyring of a
