@@ -65,16 +65,25 @@ async fn seed(server: &TestServer, count: usize) {
 }
 
 async fn assert_all_resolve(server: &TestServer, count: usize) {
+    assert_values(
+        server,
+        (0..count).map(|i| (format!("t{i:05}"), value_of(i))),
+    )
+    .await;
+}
+
+/// Every (token id in acme, value) pair resolves to exactly that value.
+async fn assert_values(server: &TestServer, expected: impl IntoIterator<Item = (String, String)>) {
     let mut resolver = server.resolver().await;
-    for i in 0..count {
+    for (id, value) in expected {
         let got = resolver
             .resolve_token(ResolveTokenRequest {
-                name: format!("tenants/acme/tokens/t{i:05}"),
+                name: format!("tenants/acme/tokens/{id}"),
             })
             .await
-            .unwrap_or_else(|e| panic!("t{i:05}: {e:?}"))
+            .unwrap_or_else(|e| panic!("{id}: {e:?}"))
             .into_inner();
-        assert_eq!(got.value, value_of(i), "t{i:05}");
+        assert_eq!(got.value, value, "{id}");
     }
 }
 
@@ -192,16 +201,12 @@ async fn rotation_under_resolve_and_create_load_fails_no_request() {
         .collect();
     assert_eq!(versions, [2]);
     assert_all_resolve(&server, seeded).await;
-    let mut resolver = server.resolver().await;
-    for i in 0..created.load(Ordering::Relaxed) {
-        let got = resolver
-            .resolve_token(ResolveTokenRequest {
-                name: format!("tenants/acme/tokens/new{i:04}"),
-            })
-            .await
-            .expect("created during rotation");
-        assert_eq!(got.get_ref().value, value_of(10_000 + i));
-    }
+    let created = created.load(Ordering::Relaxed);
+    assert_values(
+        &server,
+        (0..created).map(|i| (format!("new{i:04}"), value_of(10_000 + i))),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -530,16 +535,14 @@ async fn backup_during_writes_restores_every_acknowledged_token() {
     config.store.database = restored;
     let server = TestServer::start_in(dir, config).await;
     assert_all_resolve(&server, 100).await;
-    let mut resolver = server.resolver().await;
-    for i in before_backup {
-        let got = resolver
-            .resolve_token(ResolveTokenRequest {
-                name: format!("tenants/acme/tokens/w{i:04}"),
-            })
-            .await
-            .expect("acknowledged before the backup");
-        assert_eq!(got.get_ref().value, value_of(20_000 + i));
-    }
+    // Every create acknowledged before the backup started.
+    assert_values(
+        &server,
+        before_backup
+            .into_iter()
+            .map(|i| (format!("w{i:04}"), value_of(20_000 + i))),
+    )
+    .await;
 }
 
 #[tokio::test]
