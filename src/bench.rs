@@ -115,6 +115,10 @@ pub struct Options {
     /// measure what tracking costs on the resolve path.
     #[arg(long)]
     pub no_usage_tracking: bool,
+    /// Memory for the server's resolve cache of sealed rows, in MiB
+    /// (`[cache] max_mib`); 0 reads every resolve from SQLite.
+    #[arg(long, default_value_t = crate::tokens::DEFAULT_CACHE_BYTES >> 20)]
+    pub cache_mib: usize,
 }
 
 /// A phase that `--skip` can leave out.
@@ -177,6 +181,10 @@ pub struct SetupFigures {
     pub duration_s: f64,
     /// Warm-up seconds per load phase.
     pub warmup_s: f64,
+    /// Server usage tracking on.
+    pub usage_tracking: bool,
+    /// Server resolve cache, MiB (0: off).
+    pub cache_mib: usize,
 }
 
 /// How the database was filled.
@@ -286,6 +294,8 @@ pub async fn run(options: Options) -> Result<Report> {
             connections: options.connections,
             duration_s: options.duration,
             warmup_s: options.warmup,
+            usage_tracking: !options.no_usage_tracking,
+            cache_mib: options.cache_mib,
         },
         ..Report::default()
     };
@@ -326,7 +336,7 @@ impl Bench {
     }
 
     async fn main_phases(&self, report: &mut Report) -> Result<()> {
-        let data = DataDir::prepare(true, !self.options.no_usage_tracking)?;
+        let data = DataDir::prepare(true, &self.options)?;
         say(&format!("seeding {} tokens ...", self.options.tokens));
         report.seed = Some(data.seed(TENANT, self.options.tokens).await?);
         let server = ServerProcess::start(&self.exe, &data, &self.options.server_log).await?;
@@ -420,7 +430,7 @@ impl Bench {
 
     async fn catalog_phase(&self) -> Result<CatalogFigures> {
         let tokens = self.options.catalog_tokens;
-        let data = DataDir::prepare(false, !self.options.no_usage_tracking)?;
+        let data = DataDir::prepare(false, &self.options)?;
         say(&format!("catalog: seeding {tokens} tokens ..."));
         let seed = data.seed(CATALOG_TENANT, tokens).await?;
         let server = ServerProcess::start(&self.exe, &data, &self.options.server_log).await?;
@@ -729,7 +739,7 @@ struct DataDir {
 }
 
 impl DataDir {
-    fn prepare(echo: bool, usage_tracking: bool) -> Result<Self> {
+    fn prepare(echo: bool, options: &Options) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("aitokens-bench-")
             .tempdir()
@@ -738,7 +748,8 @@ impl DataDir {
         let any: SocketAddr = ([127, 0, 0, 1], 0).into();
         let mut config = dev::prepare(dir.path(), any, any, None)?.config;
         config.bench.echo = echo;
-        config.usage.track = usage_tracking;
+        config.usage.track = !options.no_usage_tracking;
+        config.cache.max_mib = options.cache_mib;
         let config_path = dir.path().join("bench.toml");
         let text = toml::to_string(&config).map_err(|e| Error::Internal(format!("config: {e}")))?;
         std::fs::write(&config_path, text)
@@ -1135,6 +1146,16 @@ pub fn render(report: &Report) -> String {
         "load: {} callers over {} HTTP/2 connections, {} s measured after {} s warm-up, \
          random tokens of {}",
         s.concurrency, s.connections, s.duration_s, s.warmup_s, s.tokens
+    );
+    let on_off = |on: bool| if on { "on" } else { "off" };
+    let cache = match s.cache_mib {
+        0 => "off".to_owned(),
+        mib => format!("{mib} MiB"),
+    };
+    let _ = writeln!(
+        out,
+        "server: usage tracking {}, resolve cache {cache}",
+        on_off(s.usage_tracking)
     );
     if let Some(seed) = &report.seed {
         let _ = writeln!(

@@ -26,6 +26,9 @@
 //! flush_interval_secs = 2    # how often counters and queued audit events are written
 //! recent_window_secs = 86400 # a resolve this recent blocks RemoveToken
 //!
+//! [cache]                    # optional; this is the default
+//! max_mib = 256              # memory for sealed rows kept for ResolveToken; 0 turns it off
+//!
 //! [audit]                    # optional
 //! jsonl = "audit.jsonl"      # mirror every audit record to this JSON-lines file
 //! [metrics]                  # optional: plain-HTTP /metrics, /healthz, /readyz
@@ -75,6 +78,9 @@ pub struct Config {
     /// Usage tracking.
     #[serde(default)]
     pub usage: UsageConfig,
+    /// The resolve path's cache of sealed rows.
+    #[serde(default)]
+    pub cache: CacheConfig,
     /// Audit trail options.
     #[serde(default)]
     pub audit: AuditConfig,
@@ -105,6 +111,29 @@ impl Default for UsageConfig {
             flush_interval_secs: 2,
             recent_window_secs: 24 * 60 * 60,
         }
+    }
+}
+
+/// The resolve path's in-memory copy of sealed rows (never plaintext).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Memory it may take, in MiB; 0 reads every resolve from the database.
+    pub max_mib: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_mib: crate::tokens::DEFAULT_CACHE_BYTES >> 20,
+        }
+    }
+}
+
+impl CacheConfig {
+    /// The budget in bytes.
+    pub fn max_bytes(&self) -> usize {
+        self.max_mib.saturating_mul(1 << 20)
     }
 }
 

@@ -107,6 +107,7 @@ pub fn prepare(
             passphrase: None,
         },
         usage: Default::default(),
+        cache: Default::default(),
         audit: Default::default(),
         lock_memory: false,
         metrics: metrics.map(|listen| MetricsConfig { listen }),

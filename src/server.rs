@@ -5,8 +5,10 @@
 //! - **internal** listener: `TokenResolver`, health, reflection. mTLS; the
 //!   caller must be a resolver identity allowed for the token.
 //!
-//! Beside them run two background tasks: the flusher, which writes usage
-//! counters and queued audit events in batches (and once more at shutdown),
+//! Beside them run background tasks: the flusher, which writes usage
+//! counters and queued audit events in batches (and once more at shutdown);
+//! key upkeep (keyring reloads, the re-wrap job, VACUUM); the change watch,
+//! which drops the resolve cache when another process changed the database;
 //! and the policy reloader, which swaps in a changed policy file on SIGHUP or
 //! when the file changes, keeping the old policy if the new one is invalid.
 //!
@@ -44,7 +46,7 @@ use crate::{
     store::{SqliteStore, TokenStore},
     telemetry::{GrpcLayer, Telemetry},
     tls::{Reload, TlsIncoming, TlsMaterial},
-    tokens::{Tokens, UsageSettings},
+    tokens::{TokenSettings, Tokens},
 };
 
 /// Longest a connection lives before the server asks the client to reconnect
@@ -146,9 +148,10 @@ impl Server {
                 "serving the benchmark Echo RPC on the internal listener ([bench] echo = true)"
             );
         }
-        let settings = UsageSettings {
+        let settings = TokenSettings {
             track: config.usage.track,
             recent_window: Duration::from_secs(config.usage.recent_window_secs),
+            cache_bytes: config.cache.max_bytes(),
         };
         let store: Arc<dyn TokenStore> = Arc::new(store);
         let handle = Arc::new(KeyringHandle::new(root, keyring));
@@ -203,6 +206,7 @@ impl Server {
             self.flush_interval,
             stop_rx.clone(),
         ));
+        let change_watch = tokio::spawn(notice_store_changes(self.tokens.clone(), stop_rx.clone()));
         let reloader = tokio::spawn(reload_policy(
             self.policy.clone(),
             self.policy_path.clone(),
@@ -301,6 +305,7 @@ impl Server {
             }
         };
         reloader.abort();
+        let _ = change_watch.await;
         let _ = flusher.await;
         let _ = key_upkeep.await;
         // Last flush: nothing counted or queued before the stop is lost.
@@ -428,6 +433,28 @@ async fn flush_periodically(
                     tracing::error!(error = %e, "flushing usage counters and audit events failed; will retry");
                 }
             }
+            () = stopped_signal(&mut stop) => return,
+        }
+    }
+}
+
+/// How often the store's change generation is looked at. A change made by
+/// another process reaches resolves within about this long; changes made
+/// through this server are in force at once.
+const STORE_CHANGE_POLL: Duration = Duration::from_millis(250);
+
+/// Drops the resolve cache whenever the database changed (see
+/// [`Tokens::notice_store_changes`]) until stop.
+async fn notice_store_changes(tokens: Tokens, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(STORE_CHANGE_POLL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => match tokens.notice_store_changes().await {
+                Ok(true) => tracing::debug!("the database changed; resolve cache dropped"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "could not check the database for changes; will retry"),
+            },
             () = stopped_signal(&mut stop) => return,
         }
     }

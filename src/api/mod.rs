@@ -39,8 +39,11 @@ pub const MAX_REQUEST_BYTES: usize = 128 * 1024;
 /// is a pure function of the certificate (which TLS verified for this
 /// connection), so a cached result is exactly what parsing would give; the
 /// cache only saves re-parsing X.509 on every request of a connection.
-static IDENTITIES: LazyLock<Mutex<HashMap<Vec<u8>, Arc<PeerIdentity>>>> =
-    LazyLock::new(Mutex::default);
+/// Hashed with foldhash: SipHash over a whole certificate's DER on every
+/// request showed in the resolve profile. Keys are CA-signed certificates,
+/// and equality still compares every byte.
+static IDENTITIES: LazyLock<Mutex<IdentityMap>> = LazyLock::new(Mutex::default);
+type IdentityMap = HashMap<Vec<u8>, Arc<PeerIdentity>, foldhash::fast::RandomState>;
 /// Distinct certificates remembered before the cache starts over.
 const IDENTITY_CACHE_SIZE: usize = 1024;
 

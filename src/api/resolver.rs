@@ -38,7 +38,8 @@ impl ResolverApi {
 
 #[tonic::async_trait]
 impl token_resolver_server::TokenResolver for ResolverApi {
-    #[tracing::instrument(name = "ResolveToken", skip_all)]
+    // No span of its own: the telemetry layer's `request` span already names
+    // the RPC and carries the request id (one span per request on the hot path).
     async fn resolve_token(
         &self,
         request: Request<ResolveTokenRequest>,

@@ -55,6 +55,9 @@ pub struct SealedToken {
     pub replaced: bool,
     /// The sealed value.
     pub sealed: SealedValue,
+    /// The certificate identities its bindings name (bindings-only mode
+    /// resolves only for these); empty where the caller did not ask.
+    pub bound_identities: Vec<String>,
 }
 
 /// A declared use of a token.
@@ -114,8 +117,11 @@ pub trait TokenStore: Send + Sync + 'static {
     ) -> Result<TokenRecord>;
     /// A token's metadata, with its stored usage summary.
     fn get(&self, name: &TokenName) -> Result<Option<TokenRecord>>;
-    /// What resolving a token needs.
+    /// What resolving a token needs, bound identities included.
     fn get_sealed(&self, name: &TokenName) -> Result<Option<SealedToken>>;
+    /// A counter that moves whenever what [`TokenStore::get_sealed`] returns
+    /// may have changed, whoever changed it (this process or another).
+    fn change_generation(&self) -> Result<i64>;
     /// Up to `limit` tokens of `tenant` with a sequence above `after_seq`, in
     /// order; with `unused_since_us`, only those not resolved since then.
     fn list(
@@ -153,8 +159,6 @@ pub trait TokenStore: Send + Sync + 'static {
         binding_id: &BindingId,
         events: &[AuditEvent],
     ) -> Result<()>;
-    /// Whether a binding of token `uid` names `identity`.
-    fn has_binding_for(&self, uid: &TokenUid, identity: &str) -> Result<bool>;
 
     /// Audit records after `after_seq` matching `filter`, in order.
     fn list_audit(

@@ -80,4 +80,25 @@ pub const MIGRATIONS: &[&str] = &[
      ALTER TABLE keyring ADD COLUMN kdf_m_kib INTEGER;
      ALTER TABLE keyring ADD COLUMN kdf_t INTEGER;
      ALTER TABLE keyring ADD COLUMN kdf_p INTEGER;",
+    // 4: a generation counter that moves with every change to a row the
+    // resolve path may have cached (inserts change none: misses are not
+    // cached), so a server notices changes made by other processes (CLI,
+    // restore tooling, sqlite3 by hand) and drops its cached rows.
+    "CREATE TABLE token_changes (
+         id         INTEGER PRIMARY KEY CHECK (id = 1),
+         generation INTEGER NOT NULL
+     );
+     INSERT INTO token_changes (id, generation) VALUES (1, 0);
+     CREATE TRIGGER token_changes_on_update
+         AFTER UPDATE OF uid, tenant, token_id, kek_version, wrapped_data_key,
+                         value_ciphertext, disabled, replaced_by_uid ON tokens
+         BEGIN UPDATE token_changes SET generation = generation + 1 WHERE id = 1; END;
+     CREATE TRIGGER token_changes_on_delete AFTER DELETE ON tokens
+         BEGIN UPDATE token_changes SET generation = generation + 1 WHERE id = 1; END;
+     CREATE TRIGGER binding_changes_on_insert AFTER INSERT ON bindings
+         BEGIN UPDATE token_changes SET generation = generation + 1 WHERE id = 1; END;
+     CREATE TRIGGER binding_changes_on_update AFTER UPDATE ON bindings
+         BEGIN UPDATE token_changes SET generation = generation + 1 WHERE id = 1; END;
+     CREATE TRIGGER binding_changes_on_delete AFTER DELETE ON bindings
+         BEGIN UPDATE token_changes SET generation = generation + 1 WHERE id = 1; END;",
 ];

@@ -89,6 +89,9 @@ struct Inner {
     latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
     resolves_denied: Family<ReasonLabels, Counter>,
     tokens: Gauge,
+    cache_rows: Gauge,
+    cache_bytes: Gauge,
+    cache_misses: Counter,
     audit_failures: Counter,
     usage_flush_failures: Counter,
     tls_reloads: Family<ReloadLabels, Counter>,
@@ -133,6 +136,24 @@ impl Telemetry {
             "Tokens in the store (all tenants), counted at scrape time",
             tokens.clone(),
         );
+        let cache_rows = Gauge::default();
+        registry.register(
+            "resolve_cache_rows",
+            "Sealed rows held in memory for ResolveToken, at scrape time",
+            cache_rows.clone(),
+        );
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "resolve_cache_bytes",
+            "Approximate memory of the ResolveToken cache ([cache] max_mib bounds it)",
+            cache_bytes.clone(),
+        );
+        let cache_misses = Counter::default();
+        registry.register(
+            "resolve_cache_misses",
+            "ResolveToken lookups the cache could not answer (each one a store read)",
+            cache_misses.clone(),
+        );
         let audit_failures = Counter::default();
         registry.register(
             "audit_failures",
@@ -170,6 +191,9 @@ impl Telemetry {
                 latency,
                 resolves_denied,
                 tokens,
+                cache_rows,
+                cache_bytes,
+                cache_misses,
                 audit_failures,
                 usage_flush_failures,
                 tls_reloads,
@@ -263,6 +287,14 @@ impl Telemetry {
                 }
                 Err(e) => tracing::warn!(error = %e, "could not count tokens for /metrics"),
             }
+            let cache = tokens.cache_stats();
+            let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+            self.inner.cache_rows.set(gauge(cache.rows));
+            self.inner.cache_bytes.set(gauge(cache.bytes));
+            let counted = self.inner.cache_misses.get();
+            self.inner
+                .cache_misses
+                .inc_by(cache.misses.saturating_sub(counted));
         }
         let mut text = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.inner.registry) {

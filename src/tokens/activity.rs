@@ -107,9 +107,11 @@ impl Tokens {
             Outcome::Allowed,
             "binding created",
         );
-        let store = self.store.clone();
+        let (store, cache) = (self.store.clone(), self.cache.clone());
         let (name, record) = blocking(move || {
-            store.create_binding(&name.token, &record, &[event])?;
+            let created = store.create_binding(&name.token, &record, &[event]);
+            cache.invalidate(&name.token);
+            created?;
             Ok((name, record))
         })
         .await?;
@@ -143,8 +145,13 @@ impl Tokens {
             Outcome::Allowed,
             "binding deleted",
         );
-        let store = self.store.clone();
-        blocking(move || store.delete_binding(&name.token, &name.binding_id, &[event])).await
+        let (store, cache) = (self.store.clone(), self.cache.clone());
+        blocking(move || {
+            let deleted = store.delete_binding(&name.token, &name.binding_id, &[event]);
+            cache.invalidate(&name.token);
+            deleted
+        })
+        .await
     }
 
     /// Usage of a token per caller identity, stored and pending, most

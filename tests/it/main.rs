@@ -7,6 +7,7 @@ mod audit;
 mod bad_input;
 mod bench;
 mod binary;
+mod cache;
 mod cli;
 mod common;
 mod crash;

@@ -203,7 +203,7 @@ proptest! {
         let (keyring, records) = Keyring::create(&root).expect("keyring");
         store.init_keyring(&records).expect("init");
         let handle = Arc::new(aitokens::keys::KeyringHandle::new(root, keyring));
-        let tokens = Tokens::new(store, handle, aitokens::tokens::UsageSettings::default())
+        let tokens = Tokens::new(store, handle, aitokens::tokens::TokenSettings::default())
             .expect("tokens");
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let actor = aitokens::audit::Actor {

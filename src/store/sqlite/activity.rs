@@ -165,9 +165,3 @@ pub(super) fn delete_binding(
     }
     Ok(())
 }
-
-pub(super) fn has_binding_for(conn: &Connection, uid: &TokenUid, identity: &str) -> Result<bool> {
-    let mut stmt = conn
-        .prepare_cached("SELECT 1 FROM bindings WHERE token_uid = ?1 AND caller_identity = ?2")?;
-    Ok(stmt.exists(params![uid.as_bytes(), identity])?)
-}

@@ -286,6 +286,13 @@ impl TokenStore for SqliteStore {
         tokens::get_sealed(&self.reader(), name)
     }
 
+    fn change_generation(&self) -> Result<i64> {
+        Ok(self
+            .reader()
+            .prepare_cached("SELECT generation FROM token_changes WHERE id = 1")?
+            .query_row([], |r| r.get(0))?)
+    }
+
     fn list(
         &self,
         tenant: &TenantId,
@@ -361,10 +368,6 @@ impl TokenStore for SqliteStore {
             activity::delete_binding(tx, token, binding_id)?;
             Ok(((), events.to_vec()))
         })
-    }
-
-    fn has_binding_for(&self, uid: &TokenUid, identity: &str) -> Result<bool> {
-        activity::has_binding_for(&self.reader(), uid, identity)
     }
 
     fn list_audit(

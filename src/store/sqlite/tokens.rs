@@ -36,7 +36,24 @@ pub(super) fn get_for_write(tx: &Transaction<'_>, name: &TokenName) -> Result<To
     get(tx, name)?.ok_or(Error::NotFound("token"))
 }
 
+/// The resolve path's view of a token and the identities bound to it, from
+/// one snapshot.
 pub(super) fn get_sealed(conn: &Connection, name: &TokenName) -> Result<Option<SealedToken>> {
+    let snapshot = conn.unchecked_transaction()?;
+    let Some(mut token) = sealed_row(&snapshot, name)? else {
+        return Ok(None);
+    };
+    let mut stmt = snapshot.prepare_cached(
+        "SELECT caller_identity FROM bindings
+         WHERE token_uid = ?1 AND caller_identity IS NOT NULL ORDER BY caller_identity",
+    )?;
+    token.bound_identities = stmt
+        .query_map(params![token.uid.as_bytes()], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Some(token))
+}
+
+fn sealed_row(conn: &Connection, name: &TokenName) -> Result<Option<SealedToken>> {
     let mut stmt = conn.prepare_cached(
         "SELECT uid, disabled, replaced_by_uid IS NOT NULL, kek_version, wrapped_data_key, value_ciphertext
          FROM tokens WHERE tenant = ?1 AND token_id = ?2",
@@ -59,6 +76,7 @@ pub(super) fn get_sealed(conn: &Connection, name: &TokenName) -> Result<Option<S
                         wrapped_data_key: r.get(4)?,
                         value_ciphertext: r.get(5)?,
                     },
+                    bound_identities: Vec::new(),
                 })
             }))
         })
@@ -275,6 +293,7 @@ pub(super) fn scan_sealed(
                 disabled,
                 replaced,
                 sealed,
+                bound_identities: Vec::new(),
             },
         ))
     })
