@@ -82,7 +82,10 @@ impl UsageBatch {
     }
 }
 
-type UidMap = HashMap<TokenUid, HashMap<String, UsageStats>>;
+/// foldhash rather than SipHash: these maps are updated on every resolve,
+/// keyed by token uids and by identities the policy already allowed.
+type FastHash = foldhash::fast::RandomState;
+type UidMap = HashMap<TokenUid, HashMap<String, UsageStats, FastHash>, FastHash>;
 
 /// In-memory usage counters.
 #[derive(Debug)]
