@@ -143,6 +143,9 @@ pub struct Report {
     pub seed: Option<SeedFigures>,
     /// Milliseconds from spawning the server (N tokens) to both listeners ready.
     pub startup_ms: Option<f64>,
+    /// Milliseconds from spawning the server to its resolve cache warm
+    /// (none when the cache is off).
+    pub cache_warm_ms: Option<f64>,
     /// ResolveToken under load.
     pub resolve: Option<LoadFigures>,
     /// Echo under the same load: the transport floor.
@@ -249,6 +252,10 @@ pub struct CatalogFigures {
     pub startup_ms: f64,
     /// Server RSS right after start-up, KiB.
     pub rss_after_ready_kib: u64,
+    /// Milliseconds from spawn to the resolve cache warm (none when off).
+    pub cache_warm_ms: Option<f64>,
+    /// Server RSS once the resolve cache is warm (every row cached), KiB.
+    pub rss_cache_warm_kib: u64,
     /// ListTokens of the first page.
     pub list_first_page: ListFigures,
     /// ListTokens of the page that starts `tokens - 50` deep.
@@ -341,6 +348,7 @@ impl Bench {
         report.seed = Some(data.seed(TENANT, self.options.tokens).await?);
         let server = ServerProcess::start(&self.exe, &data, &self.options.server_log).await?;
         report.startup_ms = Some(server.ready_after.as_secs_f64() * 1e3);
+        report.cache_warm_ms = self.cache_warm(&server).await?;
         let channels = data
             .channels(server.internal, "agent", self.options.connections)
             .await?;
@@ -435,6 +443,8 @@ impl Bench {
         let seed = data.seed(CATALOG_TENANT, tokens).await?;
         let server = ServerProcess::start(&self.exe, &data, &self.options.server_log).await?;
         let rss_after_ready_kib = server.status_kib("VmRSS")?;
+        let cache_warm_ms = self.cache_warm(&server).await?;
+        let rss_cache_warm_kib = server.status_kib("VmRSS")?;
         let admin = data.channels(server.admin, "admin", 1).await?;
         let mut client = TokenAdminClient::new(admin[0].clone());
 
@@ -502,12 +512,40 @@ impl Bench {
             seed,
             startup_ms,
             rss_after_ready_kib,
+            cache_warm_ms,
+            rss_cache_warm_kib,
             deep_over_first_p50: list_deep_page.p50_us / list_first_page.p50_us,
             list_first_page,
             list_deep_page,
             resolve,
             server_peak_rss_kib,
         })
+    }
+
+    /// Waits until the server has warmed its resolve cache (it logs that);
+    /// returns milliseconds since it was spawned, or none when the cache is off.
+    async fn cache_warm(&self, server: &ServerProcess) -> Result<Option<f64>> {
+        if self.options.cache_mib == 0 {
+            return Ok(None);
+        }
+        loop {
+            let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+            if log.contains("resolve cache warmed") {
+                return Ok(Some(server.started.elapsed().as_secs_f64() * 1e3));
+            }
+            if log.contains("warming the resolve cache stopped") {
+                return Err(Error::Internal(format!(
+                    "the server could not warm its resolve cache; its log:\n{}",
+                    server.log_tail()
+                )));
+            }
+            if server.started.elapsed() > READY_TIMEOUT {
+                return Err(Error::Internal(format!(
+                    "the resolve cache was not warm after {READY_TIMEOUT:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Warm-up, then a measured window with the peak RSS reset at its start.
@@ -921,6 +959,7 @@ struct ServerProcess {
     admin: SocketAddr,
     internal: SocketAddr,
     ready_after: Duration,
+    started: Instant,
     log: PathBuf,
 }
 
@@ -950,6 +989,7 @@ impl ServerProcess {
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             internal: SocketAddr::from(([127, 0, 0, 1], 0)),
             ready_after: Duration::ZERO,
+            started,
             log,
         };
         let health = |addr: SocketAddr, who: &'static str| async move {
@@ -1167,6 +1207,13 @@ pub fn render(report: &Report) -> String {
     if let Some(ms) = report.startup_ms {
         let _ = writeln!(out, "startup to ready ({} tokens): {ms:.0} ms", s.tokens);
     }
+    if let Some(ms) = report.cache_warm_ms {
+        let _ = writeln!(
+            out,
+            "resolve cache warm ({} tokens): {ms:.0} ms after start (load starts then)",
+            s.tokens
+        );
+    }
     let header = format!(
         "\n{:<22} {:>10} {:>9} {:>9} {:>9} {:>9} {:>12} {:>12} {:>10} {:>7}",
         "phase",
@@ -1237,6 +1284,13 @@ pub fn render(report: &Report) -> String {
             c.rss_after_ready_kib / 1024,
             c.server_peak_rss_kib / 1024
         );
+        if let Some(ms) = c.cache_warm_ms {
+            let _ = writeln!(
+                out,
+                "resolve cache warm {ms:.0} ms after start, RSS then {} MiB",
+                c.rss_cache_warm_kib / 1024
+            );
+        }
         let _ = writeln!(
             out,
             "ListTokens page of {LIST_PAGE}: first page p50 {:.0} µs p99 {:.0} µs; \

@@ -207,6 +207,7 @@ impl Server {
             stop_rx.clone(),
         ));
         let change_watch = tokio::spawn(notice_store_changes(self.tokens.clone(), stop_rx.clone()));
+        tokio::spawn(warm_resolve_cache(self.tokens.clone()));
         let reloader = tokio::spawn(reload_policy(
             self.policy.clone(),
             self.policy_path.clone(),
@@ -411,7 +412,8 @@ fn reflection_error(e: tonic_reflection::server::Error) -> Error {
     Error::Internal(format!("reflection: {e}"))
 }
 
-/// Writes usage counters and queued audit events every `interval` until stop.
+/// Writes usage counters and queued audit events every `interval`, and
+/// early when many counters are pending, until stop.
 ///
 /// A failed write keeps everything queued for the next tick and counts in
 /// `aitokens_usage_flush_failures_total` and `aitokens_audit_failures_total`
@@ -426,14 +428,35 @@ async fn flush_periodically(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = ticker.tick() => {
-                if let Err(e) = tokens.flush().await {
-                    telemetry.usage_flush_failed();
-                    telemetry.audit_failed();
-                    tracing::error!(error = %e, "flushing usage counters and audit events failed; will retry");
-                }
-            }
+            _ = ticker.tick() => {}
+            () = tokens.usage_filled() => ticker.reset(),
             () = stopped_signal(&mut stop) => return,
+        }
+        if let Err(e) = tokens.flush().await {
+            telemetry.usage_flush_failed();
+            telemetry.audit_failed();
+            tracing::error!(error = %e, "flushing usage counters and audit events failed; will retry");
+        }
+    }
+}
+
+/// Loads sealed rows into the resolve cache in the background, so that
+/// resolves soon after start do not each pay a store read.
+async fn warm_resolve_cache(tokens: Tokens) {
+    let started = std::time::Instant::now();
+    match tokens.warm_cache().await {
+        Ok(rows) => {
+            let stats = tokens.cache_stats();
+            tracing::info!(
+                rows,
+                mib = stats.bytes >> 20,
+                ms = started.elapsed().as_millis() as u64,
+                "resolve cache warmed"
+            );
+        }
+        // Not fatal: rows are read on demand instead.
+        Err(e) => {
+            tracing::warn!(error = %e, "warming the resolve cache stopped; rows will be read on demand")
         }
     }
 }

@@ -192,13 +192,29 @@ impl Keyring {
         uid: &TokenUid,
         sealed: &SealedValue,
     ) -> Result<Zeroizing<Vec<u8>>> {
-        let kek = self.kek(sealed.kek_version).map_err(|_| Error::DataLoss)?;
-        let raw_key = kek.open(
-            &aad::data_key(tenant, uid, sealed.kek_version),
+        self.open_parts(
+            tenant,
+            uid,
+            sealed.kek_version,
             &sealed.wrapped_data_key,
-        )?;
+            &sealed.value_ciphertext,
+        )
+    }
+
+    /// [`Keyring::open_value`] over borrowed fields (the resolve cache keeps
+    /// them in one buffer).
+    pub fn open_parts(
+        &self,
+        tenant: &str,
+        uid: &TokenUid,
+        kek_version: u32,
+        wrapped_data_key: &[u8],
+        value_ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let kek = self.kek(kek_version).map_err(|_| Error::DataLoss)?;
+        let raw_key = kek.open(&aad::data_key(tenant, uid, kek_version), wrapped_data_key)?;
         let data_key = SecretKey::from_slice(&raw_key).ok_or(Error::DataLoss)?;
-        data_key.open(&aad::value(tenant, uid), &sealed.value_ciphertext)
+        data_key.open(&aad::value(tenant, uid), value_ciphertext)
     }
 
     /// The version that seals new data keys.

@@ -212,7 +212,8 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Copies the live database to `dest` with SQLite's online backup.
     fn backup(&self, dest: &std::path::Path) -> Result<()>;
     /// Up to `limit` tokens after sequence `after_seq`, every tenant, with
-    /// their sealed values (restore checks that each one opens).
+    /// their sealed values and bound identities (restore checks that each
+    /// one opens; the server warms its resolve cache with them).
     fn scan_sealed(
         &self,
         after_seq: i64,

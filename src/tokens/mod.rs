@@ -30,7 +30,7 @@ use crate::{
     crypto::{Keyring, TokenUid},
     error::{Error, Result, Violation},
     keys::KeyringHandle,
-    store::{SealedToken, TokenStore},
+    store::TokenStore,
 };
 
 /// Longest display name, in characters.
@@ -206,6 +206,9 @@ pub struct Tokens {
     /// The store's change generation when last looked at.
     seen_generation: Arc<std::sync::atomic::AtomicI64>,
 }
+
+/// Rows per store read while warming the resolve cache.
+const WARM_BATCH: usize = 1000;
 
 /// Values larger than this are opened on a reader thread even when cached,
 /// so no request holds an executor thread for long.
@@ -570,8 +573,8 @@ impl Tokens {
     ) -> Result<SecretValue> {
         if let Some(row) = self.cache.get(&name) {
             let keyring = self.keyring.current();
-            if keyring.has_version(row.sealed.kek_version) {
-                let opened = if row.sealed.value_ciphertext.len() <= OPEN_ON_EXECUTOR_MAX {
+            if keyring.has_version(row.kek_version()) {
+                let opened = if row.value_ciphertext().len() <= OPEN_ON_EXECUTOR_MAX {
                     open_for(&row, &name, caller, require_binding, &keyring, &self.usage)
                 } else {
                     let (row, name, usage) = (row.clone(), name.clone(), self.usage.clone());
@@ -583,8 +586,8 @@ impl Tokens {
                         .await
                 };
                 match opened {
-                    // The row opened when it was cached; failing now means its
-                    // KEK went away meanwhile: read it again below.
+                    // Read it again below: its KEK went away meanwhile, or it
+                    // was loaded ahead of demand and never opened before.
                     Err(Error::DataLoss) => {}
                     decided => return decided,
                 }
@@ -602,22 +605,50 @@ impl Tokens {
             .run(move || {
                 let epoch = cache.epoch();
                 let row = match store.get_sealed(&name)? {
-                    Some(row) => Arc::new(row),
+                    Some(row) => cache::CachedRow::new(&name, &row),
                     None if require_binding => return Err(Error::PermissionDenied),
                     None => return Err(Error::NotFound("token")),
                 };
                 let mut current = keyring.current();
-                if !current.has_version(row.sealed.kek_version) {
+                if !current.has_version(row.kek_version()) {
                     // Another process (`aitokens keys rotate`) re-wrapped this
                     // row under a KEK we have not loaded yet: load it, once.
                     keyring.reload(&*store)?;
                     current = keyring.current();
                 }
                 let value = open_for(&row, &name, &caller, require_binding, &current, &usage)?;
-                cache.insert(epoch, &name, row);
+                cache.insert(epoch, row);
                 Ok(value)
             })
             .await
+    }
+
+    /// Fills the resolve cache from the store ahead of demand, in batches,
+    /// until every token was offered or the cache is off. Rows that do not
+    /// fit are left to be read on demand. Returns the rows it cached.
+    pub async fn warm_cache(&self) -> Result<usize> {
+        if self.cache.is_off() {
+            return Ok(0);
+        }
+        let (store, cache) = (self.store.clone(), self.cache.clone());
+        blocking(move || {
+            let (mut after_seq, mut cached) = (0, 0);
+            loop {
+                // A change committed while this batch is in flight makes its
+                // inserts stale; the epoch check drops them.
+                let epoch = cache.epoch();
+                let batch = store.scan_sealed(after_seq, WARM_BATCH)?;
+                let Some((last, _, _)) = batch.last() else {
+                    return Ok(cached);
+                };
+                after_seq = *last;
+                for (_, name, token) in batch {
+                    let row = cache::CachedRow::new(&name, &token);
+                    cached += usize::from(cache.insert_if_room(epoch, row));
+                }
+            }
+        })
+        .await
     }
 
     /// Looks at the store's change generation and drops every cached row if
@@ -650,6 +681,12 @@ impl Tokens {
             bytes,
             misses: self.cache.misses(),
         }
+    }
+
+    /// Completes when so many usage counters are pending that a flush
+    /// should not wait for its timer.
+    pub async fn usage_filled(&self) {
+        self.usage.filled().await;
     }
 
     /// Records a resolve refused before any lookup (policy said no).
@@ -726,7 +763,7 @@ fn page_limit(page_size: i32) -> Result<usize> {
 /// Decides whether `caller` gets the value of token `name` (stored as `row`)
 /// and opens it; records the outcome in `usage`.
 fn open_for(
-    row: &SealedToken,
+    row: &cache::CachedRow,
     name: &TokenName,
     caller: &str,
     require_binding: bool,
@@ -734,26 +771,32 @@ fn open_for(
     usage: &UsageTracker,
 ) -> Result<SecretValue> {
     let now_us = micros(SystemTime::now());
-    if require_binding && !row.bound_identities.iter().any(|bound| bound == caller) {
-        usage.denied(&row.uid, caller, now_us);
+    if require_binding && !row.binds(caller) {
+        usage.denied(row.uid(), caller, now_us);
         return Err(Error::PermissionDenied);
     }
-    if row.disabled {
-        usage.denied(&row.uid, caller, now_us);
+    if row.disabled() {
+        usage.denied(row.uid(), caller, now_us);
         return Err(Error::FailedPrecondition {
             reason: "TOKEN_DISABLED",
             message: "the token is disabled; an admin can enable it again",
             violations: Vec::new(),
         });
     }
-    let mut plain = keyring.open_value(name.tenant.as_str(), &row.uid, &row.sealed)?;
+    let mut plain = keyring.open_parts(
+        name.tenant.as_str(),
+        row.uid(),
+        row.kek_version(),
+        row.wrapped_data_key(),
+        row.value_ciphertext(),
+    )?;
     // Values are stored as UTF-8 text; `from_utf8` takes the buffer without
     // copying it, and SecretValue zeroizes it from here on.
     let text = String::from_utf8(std::mem::take(&mut *plain)).map_err(|e| {
         zeroize::Zeroize::zeroize(&mut e.into_bytes());
         Error::DataLoss
     })?;
-    usage.resolved(&row.uid, caller, now_us, row.replaced);
+    usage.resolved(row.uid(), caller, now_us, row.replaced());
     Ok(SecretValue::new(text))
 }
 

@@ -49,16 +49,27 @@ pub(super) fn add_usage(tx: &Transaction<'_>, batch: &UsageBatch) -> Result<()> 
             by_name.push((uid, identity, stats));
         }
     }
-    let mut current = tx.prepare_cached(
-        "SELECT identity, first_resolve_us, last_resolve_us, resolve_count, denied_count,
-                last_denied_us, superseded_count, last_superseded_us
-         FROM token_usage WHERE token_uid = ?1 AND identity = ?2",
-    )?;
-    let mut exists = tx.prepare_cached("SELECT 1 FROM tokens WHERE uid = ?1")?;
-    let mut write = tx.prepare_cached(
-        "INSERT OR REPLACE INTO token_usage (token_uid, identity, first_resolve_us, last_resolve_us,
+    // One statement per (token, caller): insert, or add to the stored
+    // counters. A token removed since is skipped (its usage went with it).
+    // min/max of SQLite are NULL when either side is; coalesce keeps the
+    // side that is set.
+    let mut add = tx.prepare_cached(
+        "INSERT INTO token_usage (token_uid, identity, first_resolve_us, last_resolve_us,
              resolve_count, denied_count, last_denied_us, superseded_count, last_superseded_us)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9
+         WHERE EXISTS (SELECT 1 FROM tokens WHERE uid = ?1)
+         ON CONFLICT (token_uid, identity) DO UPDATE SET
+             first_resolve_us = coalesce(min(first_resolve_us, excluded.first_resolve_us),
+                                         first_resolve_us, excluded.first_resolve_us),
+             last_resolve_us = coalesce(max(last_resolve_us, excluded.last_resolve_us),
+                                        last_resolve_us, excluded.last_resolve_us),
+             resolve_count = resolve_count + excluded.resolve_count,
+             denied_count = denied_count + excluded.denied_count,
+             last_denied_us = coalesce(max(last_denied_us, excluded.last_denied_us),
+                                       last_denied_us, excluded.last_denied_us),
+             superseded_count = superseded_count + excluded.superseded_count,
+             last_superseded_us = coalesce(max(last_superseded_us, excluded.last_superseded_us),
+                                           last_superseded_us, excluded.last_superseded_us)",
     )?;
     let all = batch
         .by_uid
@@ -66,24 +77,16 @@ pub(super) fn add_usage(tx: &Transaction<'_>, batch: &UsageBatch) -> Result<()> 
         .map(|(uid, id, s)| (*uid, id, s))
         .chain(by_name);
     for (uid, identity, delta) in all {
-        if !exists.exists(params![uid.as_bytes()])? {
-            continue; // removed since: its usage went with it
-        }
-        let mut stats = current
-            .query_row(params![uid.as_bytes(), identity], stats_from_row)
-            .optional()?
-            .unwrap_or_default();
-        stats.merge(delta);
-        write.execute(params![
+        add.execute(params![
             uid.as_bytes(),
             identity,
-            stats.first_resolve_us,
-            stats.last_resolve_us,
-            stats.resolve_count,
-            stats.denied_count,
-            stats.last_denied_us,
-            stats.superseded_count,
-            stats.last_superseded_us,
+            delta.first_resolve_us,
+            delta.last_resolve_us,
+            delta.resolve_count,
+            delta.denied_count,
+            delta.last_denied_us,
+            delta.superseded_count,
+            delta.last_superseded_us,
         ])?;
     }
     Ok(())

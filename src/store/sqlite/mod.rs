@@ -725,6 +725,71 @@ mod tests {
     }
 
     #[test]
+    fn flushed_usage_adds_to_what_is_stored() {
+        use crate::crypto::{Keyring, RootKey};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("t.db")).expect("open");
+        let root = RootKey::create_file(&dir.path().join("k")).expect("root key");
+        let (keyring, records) = Keyring::create(&root).expect("keyring");
+        store.init_keyring(&records).expect("init");
+        let name = TokenName::parse("tenants/acme/tokens/t", "name").expect("name");
+        let uid = TokenUid::generate().expect("uid");
+        let now = std::time::SystemTime::now();
+        let record = TokenRecord {
+            uid,
+            seq: 0,
+            name: name.clone(),
+            display_name: "t".into(),
+            create_time: now,
+            update_time: now,
+            revision: 1,
+            disabled: false,
+            replaces: None,
+            replaced_by: None,
+            last_resolve: None,
+            resolve_count: 0,
+        };
+        let sealed = keyring.seal_value("acme", &uid, b"v").expect("seal");
+        store.insert_batch(&[(record, sealed)]).expect("insert");
+        let delta = |first, last, denied: Option<i64>| UsageStats {
+            first_resolve_us: first,
+            last_resolve_us: last,
+            resolve_count: i64::from(first.is_some()),
+            denied_count: i64::from(denied.is_some()),
+            last_denied_us: denied,
+            superseded_count: 0,
+            last_superseded_us: None,
+        };
+        let flush = |stats: UsageStats| {
+            let batch = UsageBatch {
+                by_uid: vec![(uid, "spiffe://a".to_owned(), stats)],
+                by_name: Vec::new(),
+            };
+            store.flush(&batch, &[]).expect("flush");
+        };
+        flush(delta(None, None, Some(50)));
+        flush(delta(Some(30), Some(40), None));
+        flush(delta(Some(10), Some(20), Some(45)));
+        let stored = store.usage(&uid).expect("usage");
+        assert_eq!(stored.len(), 1);
+        let s = stored[0].1;
+        assert_eq!(
+            (s.first_resolve_us, s.last_resolve_us, s.resolve_count),
+            (Some(10), Some(40), 2)
+        );
+        assert_eq!((s.denied_count, s.last_denied_us), (2, Some(50)));
+        assert_eq!((s.superseded_count, s.last_superseded_us), (0, None));
+        // A removed token's counters are dropped, not an error.
+        let gone = TokenUid::generate().expect("uid");
+        let batch = UsageBatch {
+            by_uid: vec![(gone, "spiffe://a".to_owned(), delta(Some(1), Some(1), None))],
+            by_name: Vec::new(),
+        };
+        store.flush(&batch, &[]).expect("flush of a removed token");
+        assert!(store.usage(&gone).expect("usage").is_empty());
+    }
+
+    #[test]
     fn reopening_keeps_the_schema_version() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("t.db");

@@ -43,14 +43,20 @@ pub(super) fn get_sealed(conn: &Connection, name: &TokenName) -> Result<Option<S
     let Some(mut token) = sealed_row(&snapshot, name)? else {
         return Ok(None);
     };
-    let mut stmt = snapshot.prepare_cached(
+    token.bound_identities = bound_identities(&snapshot, &token.uid)?;
+    Ok(Some(token))
+}
+
+/// The certificate identities the bindings of token `uid` name.
+fn bound_identities(conn: &Connection, uid: &TokenUid) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
         "SELECT caller_identity FROM bindings
          WHERE token_uid = ?1 AND caller_identity IS NOT NULL ORDER BY caller_identity",
     )?;
-    token.bound_identities = stmt
-        .query_map(params![token.uid.as_bytes()], |r| r.get(0))?
+    let identities = stmt
+        .query_map(params![uid.as_bytes()], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    Ok(Some(token))
+    Ok(identities)
 }
 
 fn sealed_row(conn: &Connection, name: &TokenName) -> Result<Option<SealedToken>> {
@@ -258,7 +264,9 @@ pub(super) fn scan_sealed(
     after_seq: i64,
     limit: usize,
 ) -> Result<Vec<(i64, TokenName, SealedToken)>> {
-    let mut stmt = conn.prepare_cached(
+    // One snapshot for the rows and their bindings.
+    let snapshot = conn.unchecked_transaction()?;
+    let mut stmt = snapshot.prepare_cached(
         "SELECT seq, tenant, token_id, uid, disabled, replaced_by_uid IS NOT NULL, kek_version,
                 wrapped_data_key, value_ciphertext
          FROM tokens WHERE seq > ?1 ORDER BY seq LIMIT ?2",
@@ -289,11 +297,11 @@ pub(super) fn scan_sealed(
             seq,
             name,
             SealedToken {
+                bound_identities: bound_identities(&snapshot, &uid)?,
                 uid,
                 disabled,
                 replaced,
                 sealed,
-                bound_identities: Vec::new(),
             },
         ))
     })
