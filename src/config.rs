@@ -27,7 +27,7 @@
 //! recent_window_secs = 86400 # a resolve this recent blocks RemoveToken
 //!
 //! [cache]                    # optional; this is the default
-//! max_mib = 256              # memory for sealed rows kept for ResolveToken; 0 turns it off
+//! max_mib = 512              # memory for sealed rows kept for ResolveToken; 0 turns it off
 //!
 //! [audit]                    # optional
 //! jsonl = "audit.jsonl"      # mirror every audit record to this JSON-lines file

@@ -20,8 +20,8 @@
 //!   it was tampered with before it was loaded) is dropped and read again
 //!   from the store, whose answer stands.
 //!
-//! Bounded in bytes: a shard over its share of the budget starts over. The
-//! server fills the cache once at start ([`SealedCache::insert_if_room`]),
+//! Bounded in bytes: a shard over its share of the budget drops a sixteenth
+//! of its rows. The server fills the cache once at start ([`SealedCache::insert_if_room`]),
 //! so the first resolve of each token does not pay a store read.
 //!
 //! Compact: a row is its key (one string) and one allocation holding the
@@ -227,6 +227,31 @@ struct Shard {
     bytes: usize,
 }
 
+/// A full shard drops about this share of its rows to admit a new one:
+/// enough that eviction is rare, few enough that a cache a little smaller
+/// than the working set keeps most of it (clearing the whole shard made
+/// such a cache thrash).
+const EVICT_SHARE: usize = 16;
+
+impl Shard {
+    /// Drops rows (in table order, which follows their hashes: effectively
+    /// random) until `size` more bytes fit with room to spare.
+    fn make_room(&mut self, size: usize, budget: usize) {
+        let target = budget
+            .saturating_sub(budget / EVICT_SHARE)
+            .saturating_sub(size);
+        let mut bytes = self.bytes;
+        self.rows.retain(|row| {
+            if bytes <= target {
+                return true;
+            }
+            bytes -= row.size();
+            false
+        });
+        self.bytes = bytes;
+    }
+}
+
 /// Sealed rows by token name.
 pub(super) struct SealedCache {
     shards: Vec<RwLock<Shard>>,
@@ -318,8 +343,7 @@ impl SealedCache {
             if !evict {
                 return false;
             }
-            shard.rows.clear();
-            shard.bytes = 0;
+            shard.make_room(size, self.shard_budget);
         }
         let hasher = |r: &CachedRow| self.hash(r.key());
         match shard.rows.entry(hash, |r| r.key() == row.key(), hasher) {

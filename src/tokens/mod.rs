@@ -171,8 +171,10 @@ pub struct TokenSettings {
     pub cache_bytes: usize,
 }
 
-/// Default memory for cached sealed rows: about a million typical tokens.
-pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
+/// Default memory for cached sealed rows: room for about 1.8 million
+/// tokens of 50-byte values (about 290 bytes each). Memory is taken only as
+/// rows are cached: 100,000 tokens take about 30 MiB.
+pub const DEFAULT_CACHE_BYTES: usize = 512 << 20;
 
 impl Default for TokenSettings {
     fn default() -> Self {
