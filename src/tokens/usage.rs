@@ -177,7 +177,7 @@ impl UsageTracker {
         shard.get(uid).cloned().unwrap_or_default()
     }
 
-    /// Completes once [`FLUSH_EARLY_AT`] pairs are pending (or were, since
+    /// Completes once `FLUSH_EARLY_AT` pairs are pending (or were, since
     /// the last call).
     pub async fn filled(&self) {
         self.full.notified().await;
