@@ -90,13 +90,24 @@ impl std::fmt::Debug for KeyringHandle {
     }
 }
 
-/// Where the keys stand.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where the keys stand: version numbers and row counts, never key bytes.
+#[derive(Clone, PartialEq, Eq)]
 pub struct KeyStatus {
     /// The version that wraps new data keys.
     pub current_version: u32,
     /// Every stored version and how many data keys it wraps.
     pub versions: Vec<(u32, i64)>,
+}
+
+/// Written out rather than derived, so that no field added later can reach
+/// a log by accident.
+impl std::fmt::Debug for KeyStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStatus")
+            .field("current_version", &self.current_version)
+            .field("versions", &self.versions)
+            .finish()
+    }
 }
 
 impl KeyStatus {

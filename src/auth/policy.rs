@@ -47,10 +47,20 @@ struct PolicyFile {
     key_admin: Vec<KeyAdminEntry>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeyAdminEntry {
     identity: String,
+}
+
+/// Written out rather than derived, so that no field added later can reach
+/// a log by accident; the identity is a certificate name, not a secret.
+impl std::fmt::Debug for KeyAdminEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyAdminEntry")
+            .field("identity", &self.identity)
+            .finish()
+    }
 }
 
 #[derive(Debug, Deserialize)]
