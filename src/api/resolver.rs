@@ -1,8 +1,9 @@
 //! `aitokens.v1.TokenResolver`: the internal-only surface that hands out values.
 //!
 //! The hot path: identity from the client certificate, policy check in
-//! memory, one indexed read and two AEAD opens on the blocking pool, usage
-//! counted in memory. An allowed resolve writes nothing to disk; refusals and
+//! memory, the sealed row from the resolve cache (an indexed read on a
+//! reader thread when it is not there), two AEAD opens, usage counted in
+//! memory. An allowed resolve writes nothing to disk; refusals and
 //! failures are queued as audit events and written in the next batch.
 
 use std::sync::Arc;

@@ -6,25 +6,18 @@ use std::time::{Duration, Instant};
 
 use aitokens::api::pb::{
     CreateTokenBindingRequest, DeleteTokenBindingRequest, DisableTokenRequest, EnableTokenRequest,
-    ListTokenUsagesRequest, RemoveTokenRequest, RenameTokenRequest, ResolveTokenRequest,
-    TokenBinding, token_resolver_client::TokenResolverClient,
+    ListTokenUsagesRequest, RemoveTokenRequest, RenameTokenRequest, TokenBinding,
+    token_resolver_client::TokenResolverClient,
 };
 use rusqlite::{Connection, params};
 use tonic::{Code, Status, transport::Channel};
 
 use crate::{
-    common::{Setup, TestServer, assert_status, create_request},
+    common::{BINDINGS_ONLY_POLICY, Setup, TestServer, assert_status, create_request, resolve},
     observability::get_metrics_sample,
 };
 
 const AGENT: &str = "spiffe://aitokens.dev/agent";
-
-async fn resolve(client: &mut TokenResolverClient<Channel>, name: &str) -> Result<String, Status> {
-    client
-        .resolve_token(ResolveTokenRequest { name: name.into() })
-        .await
-        .map(|r| r.get_ref().value.clone())
-}
 
 /// Resolves `name` twice, so the second answer comes from the cache.
 async fn warm(client: &mut TokenResolverClient<Channel>, name: &str, value: &str) {
@@ -140,23 +133,7 @@ async fn every_change_through_the_server_is_in_force_for_the_next_resolve() {
 
 #[tokio::test]
 async fn an_unbind_is_in_force_for_the_next_resolve_in_bindings_only_mode() {
-    let server = Setup::new()
-        .policy(
-            r#"
-            bindings_only = true
-
-            [[admin]]
-            identity = "spiffe://aitokens.dev/admin"
-            tenants = ["*"]
-
-            [[resolver]]
-            identity = "spiffe://aitokens.dev/agent"
-            tenants = ["*"]
-            tokens = ["*"]
-            "#,
-        )
-        .start()
-        .await;
+    let server = Setup::new().policy(BINDINGS_ONLY_POLICY).start().await;
     let mut admin = server.admin().await;
     let mut resolver = server.resolver().await;
     admin

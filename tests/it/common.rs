@@ -9,7 +9,7 @@ use std::{
 
 use aitokens::{
     api::pb::{
-        CreateTokenRequest, Token, token_admin_client::TokenAdminClient,
+        CreateTokenRequest, ResolveTokenRequest, Token, token_admin_client::TokenAdminClient,
         token_resolver_client::TokenResolverClient,
     },
     config::Config,
@@ -354,4 +354,30 @@ pub fn on_a_terminal(
         command.env("STOP_AFTER", stop);
     }
     command
+}
+
+/// The dev policy in bindings-only mode: the agent resolves only tokens
+/// whose bindings name it.
+pub const BINDINGS_ONLY_POLICY: &str = r#"
+    bindings_only = true
+
+    [[admin]]
+    identity = "spiffe://aitokens.dev/admin"
+    tenants = ["*"]
+
+    [[resolver]]
+    identity = "spiffe://aitokens.dev/agent"
+    tenants = ["*"]
+    tokens = ["*"]
+"#;
+
+/// The value `name` resolves to, or the status.
+pub async fn resolve(
+    client: &mut TokenResolverClient<Channel>,
+    name: &str,
+) -> Result<String, Status> {
+    client
+        .resolve_token(ResolveTokenRequest { name: name.into() })
+        .await
+        .map(|r| r.get_ref().value.clone())
 }

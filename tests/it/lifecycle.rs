@@ -5,13 +5,15 @@ use std::time::{Duration, SystemTime};
 use aitokens::api::pb::{
     CreateTokenBindingRequest, CreateTokenRequest, DeleteTokenBindingRequest, DisableTokenRequest,
     EnableTokenRequest, GetReplacementStatusRequest, GetTokenRequest, ListTokenBindingsRequest,
-    ListTokenUsagesRequest, ListTokensRequest, RemoveTokenRequest, ResolveTokenRequest,
-    TokenBinding, token::State, token_resolver_client::TokenResolverClient,
+    ListTokenUsagesRequest, ListTokensRequest, RemoveTokenRequest, TokenBinding, token::State,
+    token_resolver_client::TokenResolverClient,
 };
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
 
-use crate::common::{Setup, TestPki, TestServer, assert_status, create_request};
+use crate::common::{
+    BINDINGS_ONLY_POLICY, Setup, TestPki, TestServer, assert_status, create_request, resolve,
+};
 
 const AGENT: &str = "spiffe://aitokens.dev/agent";
 const AGENT_2: &str = "spiffe://aitokens.dev/agent-2";
@@ -43,13 +45,6 @@ async fn resolver_for(
         .await
         .expect("channel");
     TokenResolverClient::new(channel)
-}
-
-async fn resolve(client: &mut TokenResolverClient<Channel>, name: &str) -> Result<String, Status> {
-    client
-        .resolve_token(ResolveTokenRequest { name: name.into() })
-        .await
-        .map(|r| r.get_ref().value.clone())
 }
 
 fn seconds(t: &Option<prost_types::Timestamp>) -> f64 {
@@ -510,20 +505,7 @@ async fn the_kill_switch_refuses_resolves_until_enabled() {
 
 #[tokio::test]
 async fn bindings_only_mode_makes_a_token_id_worthless_without_a_binding() {
-    let setup = Setup::new().policy(
-        r#"
-        bindings_only = true
-
-        [[admin]]
-        identity = "spiffe://aitokens.dev/admin"
-        tenants = ["*"]
-
-        [[resolver]]
-        identity = "spiffe://aitokens.dev/agent"
-        tenants = ["*"]
-        tokens = ["*"]
-        "#,
-    );
+    let setup = Setup::new().policy(BINDINGS_ONLY_POLICY);
     let server = setup.start().await;
     let mut admin = server.admin().await;
     let mut resolver = server.resolver().await;
