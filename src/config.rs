@@ -238,9 +238,8 @@ impl StoreConfig {
             self.passphrase.is_some(),
         ];
         if sources.iter().filter(|set| **set).count() != 1 {
-            return Err(Error::Startup(
-                "config [store]: set exactly one of master_key_file, master_key_env, passphrase_file, passphrase"
-                    .into(),
+            return Err(Error::config(
+                "config [store]: set exactly one of master_key_file, master_key_env, passphrase_file, passphrase",
             ));
         }
         Ok(
@@ -267,13 +266,13 @@ impl Config {
     /// Reads a config file and resolves its relative paths against its directory.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Startup(format!("reading config {}: {e}", path.display())))?;
+            .map_err(|e| Error::config(format!("reading config {}: {e}", path.display())))?;
         let mut config: Self = toml::from_str(&text)
-            .map_err(|e| Error::Startup(format!("config {}: {e}", path.display())))?;
+            .map_err(|e| Error::config(format!("config {}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.rebase(base);
         if config.usage.flush_interval_secs == 0 {
-            return Err(Error::Startup(format!(
+            return Err(Error::config(format!(
                 "config {}: usage.flush_interval_secs must be at least 1",
                 path.display()
             )));

@@ -69,7 +69,7 @@ pub fn prepare(
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| Error::Startup(format!("creating {}: {e}", dir.display())))?;
+        .map_err(|e| Error::file(format!("creating {}: {e}", dir.display())))?;
     let mut created = Vec::new();
 
     if PKI_FILES.iter().any(|f| !dir.join(f).exists()) {
@@ -143,10 +143,10 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         .create_new(true)
         .mode(mode)
         .open(path)
-        .map_err(|e| Error::Startup(format!("creating {}: {e}", path.display())))?;
+        .map_err(|e| Error::file(format!("creating {}: {e}", path.display())))?;
     file.write_all(contents)
         .and_then(|()| file.sync_all())
-        .map_err(|e| Error::Startup(format!("writing {}: {e}", path.display())))
+        .map_err(|e| Error::file(format!("writing {}: {e}", path.display())))
 }
 
 /// Replaces a file atomically (write a 0600 temp file, rename over).
@@ -154,5 +154,5 @@ fn replace_file(path: &Path, contents: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
     write_file(&tmp, contents, 0o600)?;
-    fs::rename(&tmp, path).map_err(|e| Error::Startup(format!("writing {}: {e}", path.display())))
+    fs::rename(&tmp, path).map_err(|e| Error::file(format!("writing {}: {e}", path.display())))
 }

@@ -1,14 +1,14 @@
-//! The crate's one error type and its one mapping to `tonic::Status`.
+//! The crate's one error type.
 //!
-//! Domain, crypto and store code return [`Error`]; only the gRPC handlers turn
-//! it into a [`tonic::Status`], through the single `From` impl below. Client
-//! messages are fixed strings or name a field; they never carry a value, a
-//! ciphertext, a key or SQL parameters. Detail for operators goes to the log.
-
-use std::collections::HashMap;
-
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+//! Domain, crypto and store code return [`Error`]. Only the gRPC layer turns
+//! it into a `tonic::Status` (in `api::status`, the one mapping, beside the
+//! one mapping to audit reasons). Client-facing parts are fixed strings or
+//! name a field; they never carry a value, a ciphertext, a key or SQL
+//! parameters. Detail for operators goes to the log.
+//!
+//! Problems an operator must fix before anything can serve (a bad config, a
+//! wrong master key, an unreadable certificate) are an [`OperatorError`],
+//! whose message says what is wrong and where.
 
 /// Everything that can go wrong in aitokens.
 #[derive(Debug, thiserror::Error)]
@@ -52,15 +52,41 @@ pub enum Error {
     #[error("stored data failed integrity check")]
     DataLoss,
     /// The store could not be reached or failed (SQLite error, I/O error).
+    /// The text is for the operator's log only.
     #[error("storage error: {0}")]
     Storage(String),
-    /// The server refuses to start: bad configuration, wrong master key,
-    /// unreadable files. The message is written for the operator.
-    #[error("{0}")]
-    Startup(String),
+    /// Something an operator must fix; see [`OperatorError`].
+    #[error(transparent)]
+    Operator(#[from] OperatorError),
     /// A bug or an impossible state.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// A problem an operator must fix, by where it lies. The message is written
+/// for that person: what is wrong, which file or setting, what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// The config file, a command-line setting or the command's usage.
+    #[error("{0}")]
+    Config(String),
+    /// The policy file.
+    #[error("policy: {0}")]
+    Policy(String),
+    /// A certificate, private key, client CA or CRL.
+    #[error("{0}")]
+    Tls(String),
+    /// The master key or passphrase: missing, unreadable, open to others,
+    /// or not the one this database was created with.
+    #[error("{0}")]
+    MasterKey(String),
+    /// The database: cannot be opened, is damaged, has a keyring that does
+    /// not open, or comes from a newer version.
+    #[error("{0}")]
+    Database(String),
+    /// Another file the command reads or writes.
+    #[error("{0}")]
+    File(String),
 }
 
 /// One thing that blocks a request (google.rpc.PreconditionFailure.Violation).
@@ -83,6 +109,36 @@ impl Error {
         Self::InvalidArgument { field, reason }
     }
 
+    /// A [`OperatorError::Config`].
+    pub fn config(message: impl Into<String>) -> Self {
+        Self::Operator(OperatorError::Config(message.into()))
+    }
+
+    /// A [`OperatorError::Policy`].
+    pub fn policy(message: impl Into<String>) -> Self {
+        Self::Operator(OperatorError::Policy(message.into()))
+    }
+
+    /// A [`OperatorError::Tls`].
+    pub fn tls(message: impl Into<String>) -> Self {
+        Self::Operator(OperatorError::Tls(message.into()))
+    }
+
+    /// A [`OperatorError::MasterKey`].
+    pub fn master_key(message: impl Into<String>) -> Self {
+        Self::Operator(OperatorError::MasterKey(message.into()))
+    }
+
+    /// A [`OperatorError::Database`].
+    pub fn database(message: impl Into<String>) -> Self {
+        Self::Operator(OperatorError::Database(message.into()))
+    }
+
+    /// A [`OperatorError::File`].
+    pub fn file(message: impl Into<String>) -> Self {
+        Self::Operator(OperatorError::File(message.into()))
+    }
+
     /// The token named by `replaces` already has a replacement.
     pub fn already_replaced() -> Self {
         Self::FailedPrecondition {
@@ -90,151 +146,5 @@ impl Error {
             message: "the token named by replaces already has a replacement",
             violations: Vec::new(),
         }
-    }
-}
-
-impl From<rusqlite::Error> for Error {
-    fn from(e: rusqlite::Error) -> Self {
-        // rusqlite errors name SQL and constraint text, never bound parameters.
-        Self::Storage(e.to_string())
-    }
-}
-
-/// `ErrorInfo.domain` of every error aitokens returns.
-pub const ERROR_DOMAIN: &str = "aitokens";
-
-/// The one place where domain errors become gRPC statuses (AIP-193).
-///
-/// Every status carries a `google.rpc.ErrorInfo` with a stable
-/// machine-readable reason (see [`Error::reason`]); INVALID_ARGUMENT adds a
-/// `google.rpc.BadRequest` naming the field and ABORTED a
-/// `google.rpc.PreconditionFailure` naming the etag.
-impl From<Error> for Status {
-    fn from(e: Error) -> Self {
-        let mut details = ErrorDetails::new();
-        let mut metadata = HashMap::new();
-        let (code, message) = match &e {
-            Error::InvalidArgument { field, reason } => {
-                details.add_bad_request_violation(*field, *reason);
-                metadata.insert("field".to_owned(), (*field).to_owned());
-                (Code::InvalidArgument, format!("{field}: {reason}"))
-            }
-            Error::NotFound(what) => (Code::NotFound, format!("{what} not found")),
-            Error::AlreadyExists(what) => (
-                Code::AlreadyExists,
-                format!("a {what} with this id already exists"),
-            ),
-            Error::FailedPrecondition {
-                message,
-                violations,
-                ..
-            } => {
-                for v in violations {
-                    details.add_precondition_failure_violation(v.kind, &v.subject, &v.description);
-                }
-                (Code::FailedPrecondition, (*message).to_owned())
-            }
-            Error::Aborted => {
-                details.add_precondition_failure_violation(
-                    "ETAG",
-                    "etag",
-                    "the token changed since this etag was read",
-                );
-                (
-                    Code::Aborted,
-                    "etag mismatch: the token changed since it was read; get it again and retry"
-                        .to_owned(),
-                )
-            }
-            Error::Unauthenticated(why) => (Code::Unauthenticated, (*why).to_owned()),
-            Error::PermissionDenied => (Code::PermissionDenied, "permission denied".to_owned()),
-            Error::DataLoss => {
-                tracing::error!("a stored ciphertext failed authentication");
-                (
-                    Code::DataLoss,
-                    "stored token data failed its integrity check".to_owned(),
-                )
-            }
-            Error::Storage(_) => {
-                tracing::error!(error = %e, "store failure");
-                (
-                    Code::Unavailable,
-                    "the token store is unavailable".to_owned(),
-                )
-            }
-            Error::Startup(_) | Error::Internal(_) => {
-                tracing::error!(error = %e, "request failed");
-                (Code::Internal, "internal error".to_owned())
-            }
-        };
-        details.set_error_info(e.reason(), ERROR_DOMAIN, metadata);
-        Status::with_error_details(code, message, details)
-    }
-}
-
-impl Error {
-    /// The stable, machine-readable `ErrorInfo.reason` of this error
-    /// (UPPER_SNAKE_CASE, AIP-193). Clients may switch on it.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::InvalidArgument { .. } => "INVALID_FIELD",
-            Self::NotFound("binding") => "BINDING_NOT_FOUND",
-            Self::NotFound(_) => "TOKEN_NOT_FOUND",
-            Self::AlreadyExists("binding") => "BINDING_ALREADY_EXISTS",
-            Self::AlreadyExists(_) => "TOKEN_ALREADY_EXISTS",
-            Self::FailedPrecondition { reason, .. } => reason,
-            Self::Aborted => "ETAG_MISMATCH",
-            Self::Unauthenticated(_) => "NO_USABLE_IDENTITY",
-            Self::PermissionDenied => "POLICY_DENIED",
-            Self::DataLoss => "INTEGRITY_CHECK_FAILED",
-            Self::Storage(_) => "STORE_UNAVAILABLE",
-            Self::Startup(_) | Self::Internal(_) => "INTERNAL",
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn invalid_argument_names_the_field_in_message_and_details() {
-        let status = Status::from(Error::invalid(
-            "token_id",
-            "must match [a-z][a-z0-9-]{0,62}",
-        ));
-        assert_eq!(status.code(), Code::InvalidArgument);
-        assert!(status.message().starts_with("token_id: "));
-        let details = status.get_error_details();
-        let bad = details.bad_request().expect("BadRequest detail");
-        assert_eq!(bad.field_violations.len(), 1);
-        assert_eq!(bad.field_violations[0].field, "token_id");
-        let info = details.error_info().expect("ErrorInfo detail");
-        assert_eq!(info.reason, "INVALID_FIELD");
-        assert_eq!(info.domain, ERROR_DOMAIN);
-        assert_eq!(
-            info.metadata.get("field").map(String::as_str),
-            Some("token_id")
-        );
-    }
-
-    #[test]
-    fn etag_mismatch_carries_a_precondition_failure() {
-        let status = Status::from(Error::Aborted);
-        assert_eq!(status.code(), Code::Aborted);
-        let details = status.get_error_details();
-        let failure = details.precondition_failure().expect("PreconditionFailure");
-        assert_eq!(failure.violations[0].subject, "etag");
-        assert_eq!(
-            details.error_info().expect("ErrorInfo").reason,
-            "ETAG_MISMATCH"
-        );
-    }
-
-    #[test]
-    fn storage_detail_stays_out_of_the_status() {
-        let status = Status::from(Error::Storage("disk I/O error at /secret/path".into()));
-        assert_eq!(status.code(), Code::Unavailable);
-        assert!(!status.message().contains("/secret/path"));
     }
 }

@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     };
     if !matches!(
         cli.command,
-        cli::Command::Token(_) | cli::Command::Completions { .. }
+        cli::Command::Token(_) | cli::Command::Completions { .. } | cli::Command::Bench { .. }
     ) {
         // No core dumps, not dumpable: key material must not leave the process.
         harden_process(serve_config.as_ref().is_some_and(|c| c.lock_memory)).log();
@@ -56,27 +56,8 @@ fn main() -> ExitCode {
         }
     };
     if let Some(KeySource::Env { name, .. }) = &key_source {
-        // The key now lives only in zeroizing memory; children and
-        // /proc/PID/environ readers (root only: the process is not dumpable)
-        // must not find it in the live environment.
-        // SAFETY: no other thread exists yet (the runtime is built below), so
-        // nothing reads the environment concurrently.
-        #[allow(unsafe_code)]
-        unsafe {
-            std::env::remove_var(name)
-        };
-        if std::env::var_os(name).is_none() {
-            tracing::info!(variable = %name, "master key read and removed from the environment");
-        }
+        forget_environment_key(name);
     }
-    let command = match cli::run_offline(cli.command) {
-        Ok(code) => return code,
-        Err(command) => command,
-    };
-    let cli = Cli {
-        command,
-        log_format: cli.log_format,
-    };
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -86,5 +67,21 @@ fn main() -> ExitCode {
             eprintln!("aitokens: error: starting the async runtime: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Removes the master key's variable from the environment, once its value
+/// lives only in zeroizing memory: children and /proc/PID/environ readers
+/// (root only: the process is not dumpable) must not find it there. Called
+/// while the process is still single-threaded.
+fn forget_environment_key(name: &str) {
+    // SAFETY: no other thread exists yet (the runtime is built later), so
+    // nothing reads the environment concurrently.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::remove_var(name)
+    };
+    if std::env::var_os(name).is_none() {
+        tracing::info!(variable = %name, "master key read and removed from the environment");
     }
 }

@@ -99,5 +99,5 @@ impl Ca {
 }
 
 fn pki_error(e: rcgen::Error) -> Error {
-    Error::Startup(format!("generating certificates: {e}"))
+    Error::tls(format!("generating certificates: {e}"))
 }

@@ -8,7 +8,8 @@ use std::sync::LazyLock;
 
 use aitokens::{
     Error,
-    crypto::{Keyring, RootKey, SealedValue, TokenUid, envelope::Envelope},
+    crypto::{Keyring, RootKey, envelope::Envelope},
+    model::{SealedValue, TokenUid},
 };
 use libfuzzer_sys::fuzz_target;
 

@@ -11,7 +11,8 @@ use aitokens::{
         CreateTokenRequest, GetTokenRequest, ListTokensRequest, RemoveTokenRequest,
         RenameTokenRequest, ResolveTokenRequest,
     },
-    tokens::{PageCursor, SecretValue, TenantId, TokenId, TokenName, validate_new_token},
+    model::{PageCursor, SecretValue, TenantId, TokenId, TokenName},
+    tokens::rules::validate_new_token,
 };
 use libfuzzer_sys::fuzz_target;
 use prost::Message;

@@ -8,10 +8,7 @@
 use tonic::{Request, Response, Status};
 
 /// Generated types of `proto/aitokens/bench/v1/echo.proto`.
-#[allow(missing_docs)]
-pub mod pb {
-    tonic::include_proto!("aitokens.bench.v1");
-}
+pub use crate::proto::bench as pb;
 
 /// The echo handler.
 #[derive(Clone, Copy, Debug, Default)]

@@ -1,39 +1,34 @@
 //! `aitokens.v1.TokenResolver`: the internal-only surface that hands out values.
 //!
-//! The hot path: identity from the client certificate, policy check in
-//! memory, the sealed row from the resolve cache (an indexed read on a
-//! reader thread when it is not there), two AEAD opens, usage counted in
-//! memory. An allowed resolve writes nothing to disk; refusals and
-//! failures are queued as audit events and written in the next batch.
-
-use std::sync::Arc;
+//! The hot path: the caller from the request (authenticated once per
+//! connection), policy check in memory, the sealed row from the resolve
+//! cache (an indexed read on a reader thread when it is not there), two
+//! AEAD opens, usage counted in memory. An allowed resolve writes nothing to
+//! disk; refusals and failures are queued as audit events and written in
+//! the next batch.
 
 use tonic::{Request, Response, Status};
 
-use super::{
-    identify,
-    pb::{ResolveTokenRequest, ResolveTokenResponse, token_resolver_server},
-};
+use super::{call::Call, status::audit_reason};
 use crate::{
-    audit::Outcome,
-    auth::PolicyHandle,
+    auth::{Authenticated, Authorizer, Scope},
     error::Error,
-    tokens::{TokenName, Tokens},
+    model::{Outcome, TokenName},
+    proto::{ResolveTokenRequest, ResolveTokenResponse, token_resolver_server},
+    tokens::Resolver,
 };
-
-const RESOLVE: &str = "aitokens.v1.TokenResolver/ResolveToken";
 
 /// Serves TokenResolver over the domain.
 #[derive(Clone)]
 pub struct ResolverApi {
-    tokens: Tokens,
-    policy: Arc<PolicyHandle>,
+    resolver: Resolver,
+    auth: Authorizer,
 }
 
 impl ResolverApi {
-    /// Handlers over `tokens`, authorized by `policy`.
-    pub fn new(tokens: Tokens, policy: Arc<PolicyHandle>) -> Self {
-        Self { tokens, policy }
+    /// Handlers over `resolver`, authorized by `auth`.
+    pub fn new(resolver: Resolver, auth: Authorizer) -> Self {
+        Self { resolver, auth }
     }
 }
 
@@ -45,50 +40,40 @@ impl token_resolver_server::TokenResolver for ResolverApi {
         &self,
         request: Request<ResolveTokenRequest>,
     ) -> Result<Response<ResolveTokenResponse>, Status> {
-        let audit = self.tokens.audit_queue();
-        let (peer, mut actor) = identify(&request, RESOLVE, &request.get_ref().name, audit)?;
         let name = TokenName::parse(&request.get_ref().name, "name")?;
-        let resource = name.to_string();
-        let tenant = name.tenant.as_str();
         // Authorization comes before any read or decryption.
-        let caller = match self.policy.current().authorize_resolve(&peer, &name) {
-            Ok(caller) => caller,
+        let call = match Call::authorize(
+            &self.auth,
+            &request,
+            Scope::Resolve(&name),
+            name.to_string(),
+        ) {
+            Ok(call) => call,
             Err(denied) => {
-                tracing::warn!(caller = %actor.identity, %name, "resolve denied");
-                self.tokens.record_denied_resolve(&name, &actor.identity);
-                audit.push(actor.event(
-                    Some(tenant),
-                    resource,
-                    Outcome::Denied,
-                    "the policy does not allow this caller",
-                ));
-                return Err(denied.into());
+                if let Some(caller) = request.extensions().get::<Authenticated>() {
+                    self.resolver.record_denied(&name, &caller.actor().identity);
+                }
+                return Err(denied);
             }
         };
-        actor.identity = caller.identity;
         match self
-            .tokens
-            .resolve(name.clone(), &actor.identity, caller.require_binding)
+            .resolver
+            .resolve(&name, &call.actor.identity, call.require_binding)
             .await
         {
             Ok(value) => Ok(Response::new(ResolveTokenResponse {
-                name: resource,
+                name: call.resource().to_owned(),
                 // Moved, not copied; the response zeroizes it when dropped.
                 value: value.into_string(),
             })),
             Err(e) => {
-                let (outcome, reason) = match &e {
-                    Error::PermissionDenied => (
-                        Outcome::Denied,
-                        "no binding names this caller (bindings-only mode)".to_owned(),
-                    ),
-                    Error::FailedPrecondition { reason, .. } => {
-                        (Outcome::Denied, format!("refused: {reason}"))
-                    }
-                    other => (Outcome::Failed, other.to_string()),
+                let outcome = match &e {
+                    Error::PermissionDenied | Error::FailedPrecondition { .. } => Outcome::Denied,
+                    _ => Outcome::Failed,
                 };
-                tracing::warn!(caller = %actor.identity, %name, %reason, "resolve refused");
-                audit.push(actor.event(Some(tenant), resource, outcome, reason));
+                let reason = audit_reason(&e);
+                tracing::warn!(caller = %call.actor.identity, %name, reason, "resolve refused");
+                call.record(outcome, reason);
                 Err(e.into())
             }
         }

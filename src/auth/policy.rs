@@ -30,7 +30,7 @@ use serde::Deserialize;
 use super::PeerIdentity;
 use crate::{
     error::{Error, Result},
-    tokens::{TenantId, TokenName},
+    model::{TenantId, TokenName},
 };
 
 /// The policy file as written.
@@ -327,7 +327,7 @@ fn glob_match(pattern: &str, text: &str) -> bool {
 }
 
 fn policy_error(message: String) -> Error {
-    Error::Startup(format!("policy: {message}"))
+    Error::policy(message)
 }
 
 #[cfg(test)]

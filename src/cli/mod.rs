@@ -27,7 +27,9 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use crate::crypto::KeySource;
 
 pub use connect::ConnectArgs;
-pub use offline::{AuditCommand, BackupArgs, InitArgs, KeysCommand, RestoreArgs};
+pub use offline::{
+    AuditCommand, BackupArgs, InitArgs, KeysCommand, Offline, OfflineCommand, RestoreArgs,
+};
 pub use output::OutputFormat;
 pub use profile::{ClientIdentity, DEV_PROFILE, Profile};
 pub use server::{DevArgs, ServeArgs};
@@ -100,9 +102,15 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Measure ResolveToken against the transport floor (a trivial Echo RPC
     /// over the identical mTLS setup), plus CreateToken, ListTokens depth,
-    /// startup time and memory. Runs `aitokens serve` as a child process on
-    /// 127.0.0.1 over a temp dir; every phase is bounded in time and count.
-    Bench(Box<crate::bench::Options>),
+    /// startup time and memory. Runs the `aitokens-bench` program installed
+    /// beside this one (`cargo install --locked --path bench`), passing every
+    /// argument on; `aitokens bench --help` shows its options.
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// Arguments of `aitokens-bench`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Inspect the audit trail.
     Audit {
         /// What to do with the trail.
@@ -134,7 +142,7 @@ impl Command {
     /// The log level when RUST_LOG is unset: servers narrate, clients stay quiet.
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Self::Dev(_) | Self::Serve(_) | Self::Bench(_) => "info",
+            Self::Dev(_) | Self::Serve(_) | Self::Bench { .. } => "info",
             Self::Token(_)
             | Self::Completions { .. }
             | Self::Init(_)
@@ -156,49 +164,46 @@ pub async fn run(cli: Cli, key_source: Option<KeySource>) -> ExitCode {
         Command::Dev(args) => server::dev(args).await,
         Command::Serve(args) => server::serve(args, key_source).await,
         Command::Token(args) => token::run(*args).await,
-        Command::Bench(options) => {
-            // On Ctrl-C the run is dropped, which stops its server process
-            // and removes its temp dirs.
-            let result = tokio::select! {
-                result = crate::bench::run(*options) => result.map(drop),
-                _ = tokio::signal::ctrl_c() => Err(crate::Error::Startup("interrupted".into())),
-            };
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("aitokens: error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Bench { args } => bench(args),
         Command::Completions { shell } => {
             let mut command = Cli::command();
             clap_complete::generate(shell, &mut command, "aitokens", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
-        Command::Init(_)
-        | Command::Keys { .. }
-        | Command::Backup(_)
-        | Command::Restore(_)
-        | Command::Audit { .. } => match run_offline(cli.command) {
-            Ok(code) => code,
-            Err(_) => ExitCode::FAILURE,
-        },
+        Command::Init(args) => offline::run(OfflineCommand::Init(args)).await,
+        Command::Keys { command } => offline::run(OfflineCommand::Keys(command)).await,
+        Command::Backup(args) => offline::run(OfflineCommand::Backup(args)).await,
+        Command::Restore(args) => offline::run(OfflineCommand::Restore(args)).await,
+        Command::Audit { command } => offline::run(OfflineCommand::Audit(command)).await,
     }
 }
 
-/// Runs the commands that need no async runtime (database and key
-/// maintenance); hands any other command back.
-pub fn run_offline(command: Command) -> std::result::Result<ExitCode, Command> {
-    let result = match command {
-        Command::Init(args) => offline::init_command(args),
-        Command::Keys { command } => offline::keys(command),
-        Command::Backup(args) => offline::backup_command(args),
-        Command::Restore(args) => offline::restore_command(args),
-        Command::Audit { command } => offline::audit_command(command),
-        other => return Err(other),
-    };
-    Ok(offline::exit_code(result))
+/// `aitokens bench`: runs `aitokens-bench` from beside this binary (or from
+/// the PATH), which measures a server it starts from this binary.
+fn bench(args: Vec<std::ffi::OsString>) -> ExitCode {
+    let exe = std::env::current_exe().ok();
+    let sibling = exe
+        .as_ref()
+        .and_then(|exe| exe.parent())
+        .map(|dir| dir.join("aitokens-bench"))
+        .filter(|path| path.is_file());
+    let program = sibling.unwrap_or_else(|| "aitokens-bench".into());
+    let mut command = std::process::Command::new(&program);
+    command.args(args);
+    if let Some(exe) = exe {
+        command.env("AITOKENS_BENCH_SERVER_EXE", exe);
+    }
+    match command.status() {
+        Ok(status) => ExitCode::from(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1))),
+        Err(e) => {
+            eprintln!(
+                "aitokens: error: running {}: {e}
+  the benchmark is its own program:                  cargo install --locked --path bench (or cargo run --release -p aitokens-bench)",
+                program.display()
+            );
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Whether a command runs the service (and so should harden the process).

@@ -91,9 +91,9 @@ impl Profile {
     /// Reads a profile and resolves its relative paths against its directory.
     pub fn load(path: &Path) -> Result<Self> {
         let text = fs::read_to_string(path)
-            .map_err(|e| Error::Startup(format!("reading profile {}: {e}", path.display())))?;
+            .map_err(|e| Error::config(format!("reading profile {}: {e}", path.display())))?;
         let mut profile: Self = toml::from_str(&text)
-            .map_err(|e| Error::Startup(format!("profile {}: {e}", path.display())))?;
+            .map_err(|e| Error::config(format!("profile {}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let identities = [profile.admin.as_mut(), profile.resolver.as_mut()];
         let mut paths: Vec<&mut PathBuf> = identities
@@ -128,7 +128,7 @@ impl Profile {
                 file.sync_all()
             })
             .and_then(|()| fs::rename(&tmp, path));
-        written.map_err(|e| Error::Startup(format!("writing profile {}: {e}", path.display())))
+        written.map_err(|e| Error::config(format!("writing profile {}: {e}", path.display())))
     }
 }
 

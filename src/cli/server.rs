@@ -125,7 +125,7 @@ async fn run_server(
     if let Some(metrics) = &config.metrics {
         let listener = TcpListener::bind(metrics.listen)
             .await
-            .map_err(|e| Error::Startup(format!("metrics listener {}: {e}", metrics.listen)))?;
+            .map_err(|e| Error::config(format!("metrics listener {}: {e}", metrics.listen)))?;
         metrics_addr = Some(local_addr(&listener)?);
         http = Some(tokio::spawn(serve_http(
             listener,
@@ -155,7 +155,7 @@ async fn bind(config: &Config) -> Result<(TcpListener, TcpListener)> {
     let bind_one = |what: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
-            .map_err(|e| Error::Startup(format!("{what} listener {addr}: {e}")))
+            .map_err(|e| Error::config(format!("{what} listener {addr}: {e}")))
     };
     Ok((
         bind_one("admin", config.admin.listen).await?,
@@ -176,7 +176,7 @@ fn local_addr(listener: &TcpListener) -> Result<SocketAddr> {
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{SignalKind, signal};
     let register = |kind: SignalKind, name: &str| {
-        signal(kind).map_err(|e| Error::Startup(format!("installing the {name} handler: {e}")))
+        signal(kind).map_err(|e| Error::Internal(format!("installing the {name} handler: {e}")))
     };
     let mut interrupt = register(SignalKind::interrupt(), "SIGINT")?;
     let mut terminate = register(SignalKind::terminate(), "SIGTERM")?;

@@ -220,6 +220,7 @@ pub async fn run(args: TokenArgs) -> ExitCode {
     }
 }
 
+// One arm per subcommand, each a few lines: the dispatch table of `token`.
 async fn execute(args: &TokenArgs) -> Result<(), CliError> {
     let format = args.output;
     match &args.command {

@@ -10,7 +10,7 @@ use std::{
 use zeroize::Zeroizing;
 
 use super::report::CliError;
-use crate::tokens::MAX_VALUE_BYTES;
+use crate::tokens::rules::MAX_VALUE_BYTES;
 
 /// Reads the value: from `file` (`-` means standard input), else from a
 /// hidden prompt when standard input is a terminal, else from standard input.

@@ -6,7 +6,7 @@
 //! the deployment id. A ciphertext moved to another row, tenant, purpose or
 //! key version therefore fails to open.
 
-use super::TokenUid;
+use crate::model::TokenUid;
 
 /// Builds a label-prefixed, length-delimited byte string.
 struct Builder(Vec<u8>);

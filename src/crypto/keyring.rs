@@ -6,71 +6,15 @@ use std::collections::BTreeMap;
 use zeroize::Zeroizing;
 
 use super::{RootKey, SecretKey, aad, fill_random};
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    model::{KdfParams, KeyringRecords, SealedValue, TokenUid},
+};
 
 /// Plaintext of the key-check value sealed under the root key.
 const KEY_CHECK: &[u8] = b"aitokens key check";
 /// Length of the random id that ties a keyring to one database.
 const DEPLOYMENT_ID_LEN: usize = 16;
-
-/// A token's internal id: random, never shown, never changed by a rename.
-/// Ciphertexts are bound to it, so they cannot be moved between rows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct TokenUid([u8; 16]);
-
-impl TokenUid {
-    /// A fresh random uid.
-    pub fn generate() -> Result<Self> {
-        let mut bytes = [0u8; 16];
-        fill_random(&mut bytes)?;
-        Ok(Self(bytes))
-    }
-
-    /// A uid read back from the store; `None` unless exactly 16 bytes.
-    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
-        bytes.try_into().ok().map(Self)
-    }
-
-    /// The raw 16 bytes.
-    pub fn as_bytes(&self) -> &[u8; 16] {
-        &self.0
-    }
-}
-
-/// A token value as stored: its data key wrapped under one KEK version, and
-/// the value sealed under that data key. Its `Debug` shows no bytes.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SealedValue {
-    /// The KEK version that wraps `wrapped_data_key`.
-    pub kek_version: u32,
-    /// The token's data key, sealed under KEK `kek_version`.
-    pub wrapped_data_key: Vec<u8>,
-    /// The token value, sealed under the data key.
-    pub value_ciphertext: Vec<u8>,
-}
-
-impl std::fmt::Debug for SealedValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SealedValue")
-            .field("kek_version", &self.kek_version)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The keyring as the store keeps it: everything sealed under the root key.
-#[derive(Clone, PartialEq, Eq)]
-pub struct KeyringRecords {
-    /// Random id of the database this keyring belongs to.
-    pub deployment_id: Vec<u8>,
-    /// A fixed check value sealed under the root key: tells a wrong key from a corrupt keyring.
-    pub key_check: Vec<u8>,
-    /// The version that seals new data keys.
-    pub current_version: u32,
-    /// Every KEK version, sealed under the root key.
-    pub sealed_keks: Vec<(u32, Vec<u8>)>,
-    /// Argon2id parameters when the root key comes from a passphrase.
-    pub kdf: Option<super::KdfParams>,
-}
 
 /// A fresh random deployment id.
 pub fn new_deployment_id() -> Result<Vec<u8>> {
@@ -95,7 +39,7 @@ impl Keyring {
     pub fn create_with(
         root: &RootKey,
         deployment: Option<Vec<u8>>,
-        kdf: Option<super::KdfParams>,
+        kdf: Option<KdfParams>,
     ) -> Result<(Self, KeyringRecords)> {
         let deployment_id = match deployment {
             Some(id) => id,
@@ -130,14 +74,13 @@ impl Keyring {
             .key()
             .open(&aad::key_check(&records.deployment_id), &records.key_check)
             .map_err(|_| {
-                Error::Startup(
+                Error::master_key(
                     "the master key does not match this database (key check failed); \
-                     start with the master key the database was created with"
-                        .into(),
+                     start with the master key the database was created with",
                 )
             })?;
         if check.as_slice() != KEY_CHECK {
-            return Err(Error::Startup("the database key check is corrupt".into()));
+            return Err(Error::database("the database key check is corrupt"));
         }
         let mut keks = BTreeMap::new();
         for (version, sealed) in &records.sealed_keks {
@@ -145,20 +88,20 @@ impl Keyring {
                 .key()
                 .open(&aad::kek(&records.deployment_id, *version), sealed)
                 .map_err(|_| {
-                    Error::Startup(format!(
+                    Error::database(format!(
                         "keyring entry for KEK version {version} failed its integrity check \
                          (the database was tampered with or is corrupt)"
                     ))
                 })?;
             let kek = SecretKey::from_slice(&raw).ok_or_else(|| {
-                Error::Startup(format!(
+                Error::database(format!(
                     "keyring entry for KEK version {version} has a bad length"
                 ))
             })?;
             keks.insert(*version, kek);
         }
         if !keks.contains_key(&records.current_version) {
-            return Err(Error::Startup(format!(
+            return Err(Error::database(format!(
                 "the keyring has no KEK for its current version {}",
                 records.current_version
             )));
@@ -249,7 +192,7 @@ impl Keyring {
         &self,
         new_root: &RootKey,
         records: &KeyringRecords,
-        kdf: Option<super::KdfParams>,
+        kdf: Option<KdfParams>,
     ) -> Result<KeyringRecords> {
         let deployment = &records.deployment_id;
         let sealed_keks = self

@@ -13,7 +13,9 @@
 //! is [`crate::Error::DataLoss`], which carries no detail.
 
 pub mod aad;
+pub mod chain;
 pub mod envelope;
+mod handle;
 mod keyring;
 mod root_key;
 mod source;
@@ -24,8 +26,9 @@ use chacha20poly1305::{
 };
 use zeroize::Zeroizing;
 
-pub use keyring::{Keyring, KeyringRecords, SealedValue, TokenUid, new_deployment_id};
-pub use root_key::{KdfParams, KeyFile, RootKey, hex_encode};
+pub use handle::KeyringHandle;
+pub use keyring::{Keyring, new_deployment_id};
+pub use root_key::{KeyFile, RootKey, hex_encode};
 pub use source::{KeySource, RootMaterial};
 
 use crate::error::{Error, Result};

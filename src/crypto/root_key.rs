@@ -12,7 +12,10 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use zeroize::Zeroizing;
 
 use super::{KEY_LEN, SecretKey};
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    model::KdfParams,
+};
 
 /// The key that seals the keyring. Never printed, zeroized on drop.
 #[derive(Debug)]
@@ -31,19 +34,20 @@ impl RootKey {
     pub fn read_file(path: &Path) -> Result<KeyFile> {
         let shown = path.display();
         let meta = fs::metadata(path)
-            .map_err(|e| Error::Startup(format!("master key file {shown}: {e}")))?;
+            .map_err(|e| Error::master_key(format!("master key file {shown}: {e}")))?;
         if meta.permissions().mode() & 0o077 != 0 {
-            return Err(Error::Startup(format!(
+            return Err(Error::master_key(format!(
                 "master key file {shown} is readable or writable by group or others \
                  (mode {:o}); run: chmod 600 {shown}",
                 meta.permissions().mode() & 0o777
             )));
         }
         let contents = Zeroizing::new(
-            fs::read(path).map_err(|e| Error::Startup(format!("master key file {shown}: {e}")))?,
+            fs::read(path)
+                .map_err(|e| Error::master_key(format!("master key file {shown}: {e}")))?,
         );
         Self::parse_key_file(&contents).ok_or_else(|| {
-            Error::Startup(format!(
+            Error::master_key(format!(
                 "master key file {shown} must hold exactly {KEY_LEN} bytes, raw or base64"
             ))
         })
@@ -79,15 +83,17 @@ impl RootKey {
     /// Stretches a passphrase into a root key with Argon2id and `params`.
     pub fn from_passphrase(passphrase: &[u8], params: &KdfParams) -> Result<Self> {
         if passphrase.is_empty() {
-            return Err(Error::Startup("the passphrase is empty".into()));
+            return Err(Error::master_key("the passphrase is empty"));
         }
-        let argon = argon2::Params::new(params.m_kib, params.t, params.p, Some(KEY_LEN))
-            .map_err(|e| Error::Startup(format!("stored Argon2id parameters are invalid: {e}")))?;
+        let argon =
+            argon2::Params::new(params.m_kib, params.t, params.p, Some(KEY_LEN)).map_err(|e| {
+                Error::master_key(format!("stored Argon2id parameters are invalid: {e}"))
+            })?;
         let kdf = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon);
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         kdf.hash_password_into(passphrase, &params.salt, key.as_mut())
             .map_err(|e| {
-                Error::Startup(format!("deriving the root key from the passphrase: {e}"))
+                Error::master_key(format!("deriving the root key from the passphrase: {e}"))
             })?;
         Ok(Self(SecretKey(key)))
     }
@@ -115,13 +121,13 @@ impl RootKey {
             .mode(0o600)
             .open(path)
             .map_err(|e| {
-                Error::Startup(format!("creating master key file {}: {e}", path.display()))
+                Error::master_key(format!("creating master key file {}: {e}", path.display()))
             })?;
         file.write_all(encoded.as_bytes())
             .and_then(|()| file.write_all(b"\n"))
             .and_then(|()| file.sync_all())
             .map_err(|e| {
-                Error::Startup(format!("writing master key file {}: {e}", path.display()))
+                Error::master_key(format!("writing master key file {}: {e}", path.display()))
             })?;
         Ok(Self(key))
     }
@@ -147,52 +153,6 @@ impl std::fmt::Debug for KeyFile {
             .field("key", &"[REDACTED]")
             .field("deployment", &self.deployment.as_deref().map(hex_encode))
             .finish()
-    }
-}
-
-/// Argon2id parameters and salt, stored with the keyring of a
-/// passphrase-protected database.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KdfParams {
-    /// Random salt.
-    pub salt: Vec<u8>,
-    /// Memory in KiB.
-    pub m_kib: u32,
-    /// Passes.
-    pub t: u32,
-    /// Lanes.
-    pub p: u32,
-}
-
-impl KdfParams {
-    /// RFC 9106's second recommended option: 64 MiB, t=3, p=4, with a fresh
-    /// 16-byte salt.
-    pub fn generate() -> Result<Self> {
-        let mut salt = vec![0u8; 16];
-        super::fill_random(&mut salt)?;
-        Ok(Self {
-            salt,
-            m_kib: 64 * 1024,
-            t: 3,
-            p: 4,
-        })
-    }
-
-    /// Refuses parameters weaker than RFC 9106's second option.
-    pub fn check(&self) -> Result<()> {
-        if self.m_kib < 64 * 1024 || self.t < 3 || self.p < 4 || self.salt.len() < 16 {
-            return Err(Error::Startup(
-                "stored Argon2id parameters are weaker than 64 MiB, t=3, p=4 (tampered?)".into(),
-            ));
-        }
-        // And not absurd: a tampered database must not exhaust memory or
-        // hang the start (4 GiB, 64 passes, 64 lanes).
-        if self.m_kib > 4 * 1024 * 1024 || self.t > 64 || self.p > 64 || self.salt.len() > 64 {
-            return Err(Error::Startup(
-                "stored Argon2id parameters are implausibly large (tampered?)".into(),
-            ));
-        }
-        Ok(())
     }
 }
 

@@ -6,8 +6,11 @@ use std::{io::BufRead, path::PathBuf};
 
 use zeroize::Zeroizing;
 
-use super::{KdfParams, KeyringRecords, RootKey};
-use crate::error::{Error, Result};
+use super::RootKey;
+use crate::{
+    error::{Error, Result},
+    model::{KdfParams, KeyringRecords},
+};
 
 /// A configured root key source.
 pub enum KeySource {
@@ -59,10 +62,10 @@ impl KeySource {
             }
             Self::Env { name, value } => {
                 let value = value.as_ref().ok_or_else(|| {
-                    Error::Startup(format!("the master key variable {name} is not set"))
+                    Error::master_key(format!("the master key variable {name} is not set"))
                 })?;
                 let key = RootKey::from_encoded(value.as_bytes()).ok_or_else(|| {
-                    Error::Startup(format!(
+                    Error::master_key(format!(
                         "the master key variable {name} must hold 32 bytes in base64"
                     ))
                 })?;
@@ -70,20 +73,20 @@ impl KeySource {
             }
             Self::PassphraseFile(path) => {
                 let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-                    Error::Startup(format!("passphrase file {}: {e}", path.display()))
+                    Error::master_key(format!("passphrase file {}: {e}", path.display()))
                 })?);
                 Ok(RootMaterial::Passphrase(first_line(&text)))
             }
             Self::PassphraseStdin => {
                 let mut line = Zeroizing::new(String::new());
                 std::io::stdin().lock().read_line(&mut line).map_err(|e| {
-                    Error::Startup(format!("reading the passphrase from stdin: {e}"))
+                    Error::master_key(format!("reading the passphrase from stdin: {e}"))
                 })?;
                 Ok(RootMaterial::Passphrase(first_line(&line)))
             }
             Self::PassphrasePrompt => {
                 let typed = rpassword::prompt_password("aitokens passphrase: ").map_err(|e| {
-                    Error::Startup(format!("reading the passphrase from the terminal: {e}"))
+                    Error::master_key(format!("reading the passphrase from the terminal: {e}"))
                 })?;
                 Ok(RootMaterial::Passphrase(Zeroizing::new(typed)))
             }
@@ -105,7 +108,7 @@ impl RootMaterial {
                 if let Some(id) = deployment
                     && id != records.deployment_id
                 {
-                    return Err(Error::Startup(format!(
+                    return Err(Error::master_key(format!(
                         "this database belongs to another deployment ({}), not the one the key file is for ({})",
                         super::hex_encode(&records.deployment_id),
                         super::hex_encode(&id)
@@ -117,11 +120,11 @@ impl RootMaterial {
                 params.check()?;
                 RootKey::from_passphrase(passphrase.as_bytes(), params)
             }
-            (Self::Key(..), Some(_)) => Err(Error::Startup(
-                "this database is protected by a passphrase, but a key was configured".into(),
+            (Self::Key(..), Some(_)) => Err(Error::master_key(
+                "this database is protected by a passphrase, but a key was configured",
             )),
-            (Self::Passphrase(_), None) => Err(Error::Startup(
-                "this database is protected by a key file, but a passphrase was configured".into(),
+            (Self::Passphrase(_), None) => Err(Error::master_key(
+                "this database is protected by a key file, but a passphrase was configured",
             )),
         }
     }

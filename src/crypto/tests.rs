@@ -1,6 +1,7 @@
 use std::{collections::HashSet, os::unix::fs::PermissionsExt};
 
 use super::*;
+use crate::model::{KeyringRecords, TokenUid};
 
 fn keyring() -> (RootKey, Keyring, KeyringRecords) {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,35 +1,62 @@
-//! Persistence behind a narrow trait.
+//! Persistence behind small traits, one per consumer.
 //!
-//! [`TokenStore`] is what the domain needs and nothing more; SQLite
-//! ([`SqliteStore`]) is the embedded implementation, and a PostgreSQL one can
-//! sit behind the same trait later. Every method blocks: callers run them on
-//! the blocking pool. Values reach the store only sealed. Every mutation
-//! writes its audit events in the same transaction (fail closed).
+//! - [`TokenStore`]: token rows (the lifecycle and the resolve path);
+//! - [`BindingStore`]: declared uses of a token;
+//! - [`UsageStore`]: usage counters, written in batches with queued audit
+//!   events;
+//! - [`AuditLog`]: reading the audit trail and walking its chain;
+//! - [`KeyringStore`]: the sealed keyring and the re-wrap job's rows;
+//! - [`Maintenance`]: checkpoints, compaction, backups.
+//!
+//! [`Store`] is all of them, for wiring. [`sqlite`] is the embedded
+//! implementation; a fake in memory ([`memory`], test builds and the
+//! `testkit` feature) lets the domain be tested without sockets or files.
+//!
+//! Rules every implementation keeps: values arrive sealed and are stored as
+//! they are; every mutation appends its audit events in the same
+//! transaction as the change (a change that cannot be audited does not
+//! happen), chained with [`crate::crypto::chain`]; decisions that must see
+//! the row as it is now (an etag check, the removal guard) run inside the
+//! transaction, through the closures the domain passes in.
 
-mod schema;
-mod sqlite;
+#[cfg(any(test, feature = "testkit"))]
+pub mod memory;
+pub mod sqlite;
 
-use std::time::SystemTime;
+use std::{path::Path, sync::Arc};
 
-pub use sqlite::{AuditVerdict, SqliteStore, backup_file, verify_audit_file};
+use async_trait::async_trait;
+
+pub use sqlite::SqliteStore;
 
 use crate::{
-    audit::{AuditEvent, AuditRecord},
-    crypto::{KeyringRecords, SealedValue, TokenUid},
-    error::Result,
-    tokens::{BindingId, TenantId, TokenId, TokenName, TokenRecord, UsageBatch, UsageStats},
+    error::{Error, Result},
+    model::{
+        AuditEvent, AuditRecord, BindingId, BindingRecord, KeyringRecords, SealedToken,
+        SealedValue, TenantId, TokenId, TokenName, TokenRecord, TokenUid, UsageBatch, UsageStats,
+    },
 };
 
 /// Decides, inside the store's write transaction, what a row becomes and
 /// which audit events record it.
-pub type UpdateFn<'a> = dyn FnMut(&TokenRecord) -> Result<(TokenRecord, Vec<AuditEvent>)> + 'a;
+pub type UpdateFn =
+    Box<dyn FnMut(&TokenRecord) -> Result<(TokenRecord, Vec<AuditEvent>)> + Send + 'static>;
 /// Decides, inside the store's write transaction, whether a row may go
 /// (given what still uses it) and which audit events record its removal.
-pub type RemoveFn<'a> = dyn FnMut(&TokenRecord, &RemovalContext) -> Result<Vec<AuditEvent>> + 'a;
-
+pub type RemoveFn =
+    Box<dyn FnMut(&TokenRecord, &RemovalContext) -> Result<Vec<AuditEvent>> + Send + 'static>;
 /// Re-wraps one data key: given the row's tenant, uid, KEK version and
 /// wrapped key, returns the key wrapped under the current KEK.
-pub type RewrapFn<'a> = dyn FnMut(&str, &TokenUid, u32, &[u8]) -> Result<Vec<u8>> + 'a;
+pub type RewrapFn = Box<dyn FnMut(&str, &TokenUid, u32, &[u8]) -> Result<Vec<u8>> + Send + 'static>;
+
+/// What still refers to a token that is about to be removed.
+#[derive(Debug, Default)]
+pub struct RemovalContext {
+    /// Its bindings.
+    pub bindings: Vec<BindingRecord>,
+    /// Its stored usage, per caller.
+    pub usage: Vec<(String, UsageStats)>,
+}
 
 /// What one re-wrap batch did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -44,50 +71,12 @@ pub struct RewrapBatch {
     pub damaged: Vec<(i64, String)>,
 }
 
-/// What the resolve path needs of a token: no more than one indexed read.
-#[derive(Debug)]
-pub struct SealedToken {
-    /// The token's internal id.
-    pub uid: TokenUid,
-    /// Kill switch.
-    pub disabled: bool,
-    /// Whether another token replaces this one.
-    pub replaced: bool,
-    /// The sealed value.
-    pub sealed: SealedValue,
-    /// The certificate identities its bindings name (bindings-only mode
-    /// resolves only for these); empty where the caller did not ask.
-    pub bound_identities: Vec<String>,
-}
-
-/// A declared use of a token.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BindingRecord {
-    /// The consumer's stable id.
-    pub binding_id: BindingId,
-    /// The certificate identity the consumer resolves with, if declared.
-    pub caller_identity: Option<String>,
-    /// What the consumer uses the token for.
-    pub purpose: String,
-    /// When it was declared.
-    pub create_time: SystemTime,
-}
-
-/// What still refers to a token that is about to be removed.
-#[derive(Debug, Default)]
-pub struct RemovalContext {
-    /// Its bindings.
-    pub bindings: Vec<BindingRecord>,
-    /// Its stored usage, per caller.
-    pub usage: Vec<(String, UsageStats)>,
-}
-
 /// Which audit events to list.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct AuditFilter {
     /// Only this tenant's events; `None` for all.
     pub tenant: Option<TenantId>,
-    /// Only events about this resource.
+    /// Only events about this resource (or resources below it).
     pub resource: Option<String>,
     /// Only events by this actor.
     pub actor: Option<String>,
@@ -99,124 +88,216 @@ pub struct AuditFilter {
     pub end_us: Option<i64>,
 }
 
-/// What the domain needs from persistence.
-pub trait TokenStore: Send + Sync + 'static {
-    /// The sealed keyring, or `None` for a database that has none yet.
-    fn keyring(&self) -> Result<Option<KeyringRecords>>;
-    /// Stores the keyring of a new database. Fails if one exists.
-    fn init_keyring(&self, records: &KeyringRecords) -> Result<()>;
+/// A stored audit record with the chain links it was stored with.
+#[derive(Debug)]
+pub struct ChainLink {
+    /// The record.
+    pub record: AuditRecord,
+    /// The outcome exactly as stored (an edited spelling must be caught).
+    pub stored_outcome: String,
+    /// The hash it says precedes it.
+    pub prev_hash: Vec<u8>,
+    /// Its own hash.
+    pub hash: Vec<u8>,
+}
 
+/// Usage counters and queued audit events to write in one transaction.
+#[derive(Clone, Debug, Default)]
+pub struct Pending {
+    /// Usage counters.
+    pub usage: UsageBatch,
+    /// Audit events of decisions that changed nothing.
+    pub events: Vec<AuditEvent>,
+}
+
+impl Pending {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.usage.is_empty() && self.events.is_empty()
+    }
+}
+
+/// A batch write that did not happen, with what it was to write (so that
+/// nothing is lost: the caller puts it back).
+#[derive(Debug)]
+pub struct Unflushed {
+    /// Why.
+    pub error: Error,
+    /// What was not written.
+    pub pending: Pending,
+}
+
+/// Receives audit records once they are committed (a mirror of the trail,
+/// such as a JSON-lines file for a SIEM). Called after the commit, outside
+/// the transaction: a mirror that fails must not undo a change.
+pub trait AuditMirror: Send + Sync {
+    /// Takes newly committed records, in sequence order.
+    fn committed(&self, records: &[AuditRecord]);
+}
+
+/// Token rows.
+#[async_trait]
+pub trait TokenStore: Send + Sync + 'static {
     /// Inserts a new token (and links it to the token it `replaces`).
     /// `AlreadyExists` if its id is taken. Returns the stored record.
-    fn insert(
+    async fn insert(
         &self,
         record: TokenRecord,
-        sealed: &SealedValue,
-        replaces: Option<&TokenId>,
-        events: &[AuditEvent],
+        sealed: SealedValue,
+        replaces: Option<TokenId>,
+        events: Vec<AuditEvent>,
     ) -> Result<TokenRecord>;
     /// A token's metadata, with its stored usage summary.
-    fn get(&self, name: &TokenName) -> Result<Option<TokenRecord>>;
-    /// What resolving a token needs, bound identities included.
-    fn get_sealed(&self, name: &TokenName) -> Result<Option<SealedToken>>;
-    /// A counter that moves whenever what [`TokenStore::get_sealed`] returns
-    /// may have changed, whoever changed it (this process or another).
-    fn change_generation(&self) -> Result<i64>;
+    async fn get(&self, name: &TokenName) -> Result<Option<TokenRecord>>;
+    /// What resolving a token needs, bound identities included, from one
+    /// snapshot.
+    async fn get_sealed(&self, name: &TokenName) -> Result<Option<SealedToken>>;
     /// Up to `limit` tokens of `tenant` with a sequence above `after_seq`, in
     /// order; with `unused_since_us`, only those not resolved since then.
-    fn list(
+    async fn list(
         &self,
         tenant: &TenantId,
         after_seq: i64,
         limit: usize,
         unused_since_us: Option<i64>,
     ) -> Result<Vec<TokenRecord>>;
-    /// Replaces a token's metadata with what `change` makes of it, atomically.
-    fn update(&self, name: &TokenName, change: &mut UpdateFn<'_>) -> Result<TokenRecord>;
+    /// Replaces a token's metadata with what `change` makes of it,
+    /// atomically. Returns the stored record.
+    async fn update(&self, name: &TokenName, change: UpdateFn) -> Result<TokenRecord>;
     /// Deletes a token (and its bindings and usage) if `decide` allows it,
-    /// atomically, then erases it from the write-ahead log.
-    fn delete(&self, name: &TokenName, decide: &mut RemoveFn<'_>) -> Result<()>;
+    /// atomically, then erases it from the write-ahead log. Returns the
+    /// record as it was.
+    async fn delete(&self, name: &TokenName, decide: RemoveFn) -> Result<TokenRecord>;
+    /// A counter that moves whenever what [`TokenStore::get_sealed`] returns
+    /// may have changed, whoever changed it (this process or another).
+    async fn change_generation(&self) -> Result<i64>;
+    /// Up to `limit` tokens after sequence `after_seq`, every tenant, with
+    /// their sealed values and bound identities (for warming the resolve
+    /// cache and for checking that every value opens).
+    async fn scan_sealed(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, TokenName, SealedToken)>>;
+    /// How many tokens the store holds, across tenants.
+    async fn count(&self) -> Result<u64>;
+}
 
-    /// Stored usage of a token, per caller.
-    fn usage(&self, uid: &TokenUid) -> Result<Vec<(String, UsageStats)>>;
-    /// Writes a batch of usage counters and queued audit events in one
-    /// transaction. Counters of tokens removed meanwhile are dropped.
-    fn flush(&self, batch: &UsageBatch, events: &[AuditEvent]) -> Result<()>;
-
+/// Declared uses of tokens.
+#[async_trait]
+pub trait BindingStore: Send + Sync + 'static {
     /// Adds a binding to a token. `NotFound` / `AlreadyExists`.
-    fn create_binding(
+    async fn create_binding(
         &self,
         token: &TokenName,
-        binding: &BindingRecord,
-        events: &[AuditEvent],
+        binding: BindingRecord,
+        events: Vec<AuditEvent>,
     ) -> Result<()>;
     /// A token's bindings, oldest first. `NotFound` if the token is absent.
-    fn list_bindings(&self, token: &TokenName) -> Result<Vec<BindingRecord>>;
+    async fn list_bindings(&self, token: &TokenName) -> Result<Vec<BindingRecord>>;
     /// Removes a binding. `NotFound` if absent.
-    fn delete_binding(
+    async fn delete_binding(
         &self,
         token: &TokenName,
         binding_id: &BindingId,
-        events: &[AuditEvent],
+        events: Vec<AuditEvent>,
     ) -> Result<()>;
+}
 
-    /// Audit records after `after_seq` matching `filter`, in order.
-    fn list_audit(
+/// Usage counters.
+#[async_trait]
+pub trait UsageStore: Send + Sync + 'static {
+    /// Stored usage of a token, per caller.
+    async fn usage(&self, uid: &TokenUid) -> Result<Vec<(String, UsageStats)>>;
+    /// Adds a batch of usage counters to the stored ones and appends queued
+    /// audit events, in one transaction. Counters of tokens removed
+    /// meanwhile are dropped. On failure, hands the batch back.
+    async fn flush(&self, pending: Pending) -> std::result::Result<(), Unflushed>;
+}
+
+/// Reading the audit trail.
+#[async_trait]
+pub trait AuditLog: Send + Sync + 'static {
+    /// Records after `after_seq` matching `filter`, in order.
+    async fn list_audit(
         &self,
         filter: &AuditFilter,
         after_seq: i64,
         limit: usize,
     ) -> Result<Vec<AuditRecord>>;
+    /// Up to `limit` records after `after_seq` with their stored links, in
+    /// order, for verifying the chain.
+    async fn chain_links(&self, after_seq: i64, limit: usize) -> Result<Vec<ChainLink>>;
+    /// The recorded head of the chain (last sequence and hash), if any
+    /// record was ever written.
+    async fn chain_head(&self) -> Result<Option<(i64, Vec<u8>)>>;
+}
 
+/// The sealed keyring.
+#[async_trait]
+pub trait KeyringStore: Send + Sync + 'static {
+    /// The sealed keyring, or `None` for a database that has none yet.
+    async fn keyring(&self) -> Result<Option<KeyringRecords>>;
+    /// Stores the keyring of a new database. Fails if one exists.
+    async fn init_keyring(&self, records: KeyringRecords) -> Result<()>;
     /// Rows per KEK version, every stored version included (0 rows too).
-    fn kek_usage(&self) -> Result<Vec<(u32, i64)>>;
+    async fn kek_usage(&self) -> Result<Vec<(u32, i64)>>;
     /// Stores KEK `version` (sealed) and makes it current, provided the
     /// stored keyring is still `expected` (else FAILED_PRECONDITION
     /// `KEYRING_CHANGED`: another process rotated or rekeyed meanwhile).
-    fn add_kek(
+    async fn add_kek(
         &self,
-        expected: &KeyringRecords,
+        expected: KeyringRecords,
         version: u32,
-        sealed: &[u8],
-        events: &[AuditEvent],
+        sealed: Vec<u8>,
+        events: Vec<AuditEvent>,
     ) -> Result<()>;
     /// Re-wraps up to `limit` data keys not under KEK `current` whose row
     /// sequence is above `after_seq`, in one transaction. A row whose key no
     /// longer opens (tampered, corrupt) is left as it is and reported; the
     /// others move on.
-    fn rewrap_batch(
+    async fn rewrap_batch(
         &self,
         current: u32,
         after_seq: i64,
         limit: usize,
-        rewrap: &mut RewrapFn<'_>,
+        rewrap: RewrapFn,
     ) -> Result<RewrapBatch>;
-    /// Deletes KEK `version`: refused while it is current or any row uses it.
-    /// Then erases it from the WAL and the file (VACUUM).
-    fn destroy_kek(&self, version: u32, events: &[AuditEvent]) -> Result<()>;
+    /// Deletes KEK `version`: refused while it is current or any row uses
+    /// it. Then erases it from the journal and the file.
+    async fn destroy_kek(&self, version: u32, events: Vec<AuditEvent>) -> Result<()>;
     /// Replaces the sealed keyring (rekey) in one transaction, provided the
     /// stored keyring is still `expected` (same check and versions).
-    fn replace_keyring(
+    async fn replace_keyring(
         &self,
-        expected: &KeyringRecords,
-        records: &KeyringRecords,
-        events: &[AuditEvent],
+        expected: KeyringRecords,
+        records: KeyringRecords,
+        events: Vec<AuditEvent>,
     ) -> Result<()>;
-    /// Rebuilds the file so no deleted content lingers in free pages.
-    fn vacuum(&self) -> Result<()>;
-    /// How many tokens the store holds, across tenants (for metrics).
-    fn count(&self) -> Result<u64>;
-    /// Folds the write-ahead log into the database file and truncates it
-    /// (at shutdown, so the files at rest are complete and minimal).
-    fn checkpoint(&self) -> Result<()>;
-    /// Copies the live database to `dest` with SQLite's online backup.
-    fn backup(&self, dest: &std::path::Path) -> Result<()>;
-    /// Up to `limit` tokens after sequence `after_seq`, every tenant, with
-    /// their sealed values and bound identities (restore checks that each
-    /// one opens; the server warms its resolve cache with them).
-    fn scan_sealed(
-        &self,
-        after_seq: i64,
-        limit: usize,
-    ) -> Result<Vec<(i64, TokenName, SealedToken)>>;
 }
+
+/// Upkeep of the files at rest.
+#[async_trait]
+pub trait Maintenance: Send + Sync + 'static {
+    /// Folds the write-ahead log into the database and truncates it (at
+    /// shutdown, so the files at rest are complete and minimal).
+    async fn checkpoint(&self) -> Result<()>;
+    /// Rebuilds the database so no deleted content lingers in free pages.
+    async fn vacuum(&self) -> Result<()>;
+    /// Copies the live database to `dest` (a new file), consistently.
+    async fn backup(&self, dest: &Path) -> Result<()>;
+}
+
+/// Everything a server needs of its store.
+pub trait Store:
+    TokenStore + BindingStore + UsageStore + AuditLog + KeyringStore + Maintenance
+{
+}
+
+impl<T> Store for T where
+    T: TokenStore + BindingStore + UsageStore + AuditLog + KeyringStore + Maintenance
+{
+}
+
+/// A shared handle on a store.
+pub type SharedStore = Arc<dyn Store>;

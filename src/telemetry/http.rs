@@ -47,7 +47,7 @@ pub async fn serve_http(
 async fn metrics(State(telemetry): State<Telemetry>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
-        telemetry.render().await,
+        telemetry.render(),
     )
 }
 

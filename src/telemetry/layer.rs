@@ -16,47 +16,13 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use super::Telemetry;
+use crate::proto::rpcs;
 
 /// The header that carries a request id in and out.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Longest request id accepted from a caller.
 const MAX_REQUEST_ID_CHARS: usize = 64;
-
-/// The gRPC services whose calls are counted under their own names; any
-/// other path is counted as `other` (keeps label cardinality bounded).
-const KNOWN_SERVICES: [&str; 6] = [
-    "aitokens.v1.TokenAdmin",
-    "aitokens.v1.KeyAdmin",
-    "aitokens.v1.TokenResolver",
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1.ServerReflection",
-    "grpc.reflection.v1alpha.ServerReflection",
-];
-
-/// The methods of the known services (names only; label values must be static).
-const KNOWN_METHODS: [&str; 20] = [
-    "CreateToken",
-    "GetToken",
-    "ListTokens",
-    "RenameToken",
-    "RemoveToken",
-    "DisableToken",
-    "EnableToken",
-    "ListTokenUsages",
-    "GetReplacementStatus",
-    "CreateTokenBinding",
-    "ListTokenBindings",
-    "DeleteTokenBinding",
-    "ListAuditEvents",
-    "GetKeyStatus",
-    "RotateKeys",
-    "DestroyOldKeys",
-    "ResolveToken",
-    "Check",
-    "Watch",
-    "ServerReflectionInfo",
-];
 
 /// Adds [`GrpcService`] around a tonic server.
 #[derive(Clone)]
@@ -97,16 +63,15 @@ pub(super) struct Call {
 }
 
 impl Call {
+    /// Known RPCs (see [`rpcs`]) are counted under their own names; any
+    /// other path as `other`, which keeps label cardinality bounded.
     fn of(path: &str) -> Self {
-        let (service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .unwrap_or(("", ""));
-        let service = KNOWN_SERVICES.iter().find(|s| **s == service);
-        let method = KNOWN_METHODS.iter().find(|m| **m == method);
-        match (service, method) {
-            (Some(service), Some(method)) => Self { service, method },
-            _ => Self {
+        match rpcs::by_path(path) {
+            Some(rpc) => Self {
+                service: &rpc.service,
+                method: &rpc.method,
+            },
+            None => Self {
                 service: "other",
                 method: "other",
             },

@@ -39,8 +39,6 @@ use prometheus_client::{
 pub use self::http::{HEALTH_PATH, METRICS_PATH, READY_PATH, serve_http};
 pub use layer::{GrpcLayer, GrpcService, REQUEST_ID_HEADER};
 
-use crate::tokens::Tokens;
-
 /// Labels of a gRPC call counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -76,8 +74,7 @@ struct HandshakeLabels {
     reason: &'static str,
 }
 
-/// Metrics, readiness and the token source for the token-count gauge.
-/// Cheap to clone.
+/// Metrics and readiness. Cheap to clone.
 #[derive(Clone)]
 pub struct Telemetry {
     inner: Arc<Inner>,
@@ -97,8 +94,10 @@ struct Inner {
     tls_reloads: Family<ReloadLabels, Counter>,
     handshake_failures: Family<HandshakeLabels, Counter>,
     ready: AtomicBool,
-    token_source: OnceLock<Tokens>,
+    gauge_source: OnceLock<GaugeSource>,
 }
+
+type GaugeSource = Box<dyn Fn() -> Gauges + Send + Sync>;
 
 fn latency_histogram() -> Histogram {
     // 250 µs .. ~8 s, doubling.
@@ -108,6 +107,7 @@ fn latency_histogram() -> Histogram {
 impl Telemetry {
     /// A registry with every aitokens metric registered (at zero) and
     /// readiness off.
+    // Long on purpose: the one list of every metric, its name and its help.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("aitokens");
         let requests = Family::<CallLabels, Counter>::default();
@@ -133,13 +133,13 @@ impl Telemetry {
         let tokens = Gauge::default();
         registry.register(
             "tokens",
-            "Tokens in the store (all tenants), counted at scrape time",
+            "Tokens in the store (all tenants): counted at start, kept in memory, recounted every 10 s",
             tokens.clone(),
         );
         let cache_rows = Gauge::default();
         registry.register(
             "resolve_cache_rows",
-            "Sealed rows held in memory for ResolveToken, at scrape time",
+            "Sealed rows held in memory for ResolveToken",
             cache_rows.clone(),
         );
         let cache_bytes = Gauge::default();
@@ -199,7 +199,7 @@ impl Telemetry {
                 tls_reloads,
                 handshake_failures,
                 ready: AtomicBool::new(false),
-                token_source: OnceLock::new(),
+                gauge_source: OnceLock::new(),
             }),
         }
     }
@@ -214,9 +214,24 @@ impl Telemetry {
         self.inner.ready.load(Ordering::SeqCst)
     }
 
-    /// The tokens whose count `/metrics` reports. Set once, when the server opens.
-    pub fn set_token_source(&self, tokens: Tokens) {
-        let _ = self.inner.token_source.set(tokens);
+    /// Where the gauges that describe the store and the resolve cache come
+    /// from at each scrape. The source must answer from memory: a scrape is
+    /// anonymous and must never cost the store anything.
+    pub fn set_gauge_source(&self, source: impl Fn() -> Gauges + Send + Sync + 'static) {
+        let _ = self.inner.gauge_source.set(Box::new(source));
+    }
+
+    fn set_gauges(&self, gauges: &Gauges) {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.inner
+            .tokens
+            .set(i64::try_from(gauges.tokens).unwrap_or(i64::MAX));
+        self.inner.cache_rows.set(gauge(gauges.cache_rows));
+        self.inner.cache_bytes.set(gauge(gauges.cache_bytes));
+        let counted = self.inner.cache_misses.get();
+        self.inner
+            .cache_misses
+            .inc_by(gauges.cache_misses.saturating_sub(counted));
     }
 
     /// Counts an audit record that could not be written.
@@ -275,26 +290,10 @@ impl Telemetry {
             .inc();
     }
 
-    /// The Prometheus text exposition of every metric, with the token count
-    /// refreshed first.
-    pub async fn render(&self) -> String {
-        if let Some(tokens) = self.inner.token_source.get() {
-            match tokens.count().await {
-                Ok(count) => {
-                    self.inner
-                        .tokens
-                        .set(i64::try_from(count).unwrap_or(i64::MAX));
-                }
-                Err(e) => tracing::warn!(error = %e, "could not count tokens for /metrics"),
-            }
-            let cache = tokens.cache_stats();
-            let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-            self.inner.cache_rows.set(gauge(cache.rows));
-            self.inner.cache_bytes.set(gauge(cache.bytes));
-            let counted = self.inner.cache_misses.get();
-            self.inner
-                .cache_misses
-                .inc_by(cache.misses.saturating_sub(counted));
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        if let Some(source) = self.inner.gauge_source.get() {
+            self.set_gauges(&source());
         }
         let mut text = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.inner.registry) {
@@ -302,6 +301,19 @@ impl Telemetry {
         }
         text
     }
+}
+
+/// What the store and the resolve cache hold, for the gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Tokens in the store.
+    pub tokens: u64,
+    /// Rows in the resolve cache.
+    pub cache_rows: usize,
+    /// Approximate bytes of the resolve cache.
+    pub cache_bytes: usize,
+    /// Resolve-cache lookups that missed, since start.
+    pub cache_misses: u64,
 }
 
 impl Default for Telemetry {

@@ -114,7 +114,7 @@ async fn mutations_and_denials_are_audited_without_values() {
         .expect("refused resolve audited");
     assert_eq!(
         (disabled.outcome.as_str(), disabled.reason.as_str()),
-        ("denied", "refused: TOKEN_DISABLED")
+        ("denied", "TOKEN_DISABLED")
     );
     // Sequence numbers are 1, 2, 3, ... in order.
     for (i, event) in all.iter().enumerate() {

@@ -53,7 +53,7 @@ fn sample(text: &str, line: &str) -> Option<f64> {
 
 /// The value of sample `line` in what `telemetry` would serve on /metrics.
 pub async fn get_metrics_sample(telemetry: &Telemetry, line: &str) -> Option<f64> {
-    sample(&telemetry.render().await, line)
+    sample(&telemetry.render(), line)
 }
 
 #[tokio::test]

@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use aitokens::{
     Error,
-    crypto::{Keyring, RootKey, SealedValue, TokenUid, envelope::Envelope},
-    store::{SqliteStore, TokenStore},
-    tokens::{PageCursor, SecretValue, TenantId, TokenId, TokenName, Tokens},
+    audit::AuditQueue,
+    crypto::{Keyring, KeyringHandle, RootKey, envelope::Envelope},
+    model::{Actor, PageCursor, SealedValue, SecretValue, TenantId, TokenId, TokenName, TokenUid},
+    store::{KeyringStore, SqliteStore},
+    tokens::{Domain, NewToken, TokenSettings},
 };
 use proptest::prelude::*;
 
@@ -201,24 +203,26 @@ proptest! {
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).expect("store"));
         let root = RootKey::create_file(&dir.path().join("k")).expect("root key");
         let (keyring, records) = Keyring::create(&root).expect("keyring");
-        store.init_keyring(&records).expect("init");
-        let handle = Arc::new(aitokens::keys::KeyringHandle::new(root, keyring));
-        let tokens = Tokens::new(store, handle, aitokens::tokens::TokenSettings::default())
-            .expect("tokens");
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let actor = aitokens::audit::Actor {
+        runtime.block_on(store.init_keyring(records)).expect("init");
+        let handle = Arc::new(KeyringHandle::new(root, keyring));
+        let audit = Arc::new(AuditQueue::default());
+        let domain = runtime
+            .block_on(Domain::new(store, handle, audit, TokenSettings::default()))
+            .expect("domain");
+        let actor = Actor {
             identity: "spiffe://test/admin".into(),
             peer: "127.0.0.1:1".into(),
             method: "test",
         };
-        let result = runtime.block_on(tokens.create(
-            &actor,
-            TenantId::new("acme", "t").expect("valid"),
-            "t",
-            &display_name,
-            SecretValue::new("v".repeat(value_len)),
-            "",
-        ));
+        let new = NewToken {
+            tenant: TenantId::new("acme", "t").expect("valid"),
+            token_id: "t".into(),
+            display_name: display_name.clone(),
+            value: SecretValue::new("v".repeat(value_len)),
+            replaces: String::new(),
+        };
+        let result = runtime.block_on(domain.lifecycle.create(&actor, new));
         let chars = display_name.chars().count();
         let expect_ok = (1..=256).contains(&chars) && (1..=65_536).contains(&value_len);
         match result {

@@ -17,8 +17,8 @@ use aitokens::{
         DestroyOldKeysRequest, GetKeyStatusRequest, RemoveTokenRequest, ResolveTokenRequest,
         RotateKeysRequest, key_admin_client::KeyAdminClient,
     },
+    cli::Offline,
     config::Config,
-    ops::Offline,
 };
 use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt;
@@ -327,8 +327,10 @@ async fn kill_9_during_the_rewrap_job_then_resume() {
     assert_all_resolve(&server, count).await;
 }
 
-fn opens_with(db: &Path, key: &Path) -> bool {
-    Offline::open(db, &aitokens::crypto::KeySource::File(key.to_owned())).is_ok()
+async fn opens_with(db: &Path, key: &Path) -> bool {
+    Offline::open(db, &aitokens::crypto::KeySource::File(key.to_owned()))
+        .await
+        .is_ok()
 }
 
 #[tokio::test]
@@ -357,8 +359,8 @@ async fn rekey_interrupted_anywhere_leaves_exactly_one_working_key() {
         let _ = child.kill();
         child.wait().expect("reap");
         let (old_ok, new_ok) = (
-            opens_with(&db, &current),
-            next.exists() && opens_with(&db, &next),
+            opens_with(&db, &current).await,
+            next.exists() && opens_with(&db, &next).await,
         );
         assert!(
             old_ok != new_ok,
@@ -390,7 +392,10 @@ async fn a_removed_token_is_gone_from_old_copies_after_destroy_old_and_rekey() {
         std::fs::copy(&wal, format!("{}-wal", old_copy.display())).expect("copy wal");
     }
     let old_key = config.store.master_key_file.clone().expect("key");
-    assert!(opens_with(&old_copy, &old_key), "the copy opens before");
+    assert!(
+        opens_with(&old_copy, &old_key).await,
+        "the copy opens before"
+    );
 
     let server = TestServer::start_in(dir, config.clone()).await;
     let mut admin = server.admin().await;
@@ -426,9 +431,9 @@ async fn a_removed_token_is_gone_from_old_copies_after_destroy_old_and_rekey() {
     );
     std::fs::remove_file(&old_key).expect("destroy the old root key");
     // What remains (the live database and its current key) cannot open the copy.
-    assert!(opens_with(&db, &new_key));
+    assert!(opens_with(&db, &new_key).await);
     assert!(
-        !opens_with(&old_copy, &new_key),
+        !opens_with(&old_copy, &new_key).await,
         "the old copy opens with the current key"
     );
     config.store.master_key_file = Some(new_key);

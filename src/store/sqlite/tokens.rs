@@ -1,14 +1,13 @@
 //! Token rows.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, Transaction, params};
 
 use crate::{
-    crypto::{SealedValue, TokenUid},
     error::{Error, Result},
-    store::SealedToken,
-    tokens::{TenantId, TokenId, TokenName, TokenRecord},
+    model::{
+        SealedToken, SealedValue, TenantId, TokenId, TokenName, TokenRecord, TokenUid, from_micros,
+        micros,
+    },
 };
 
 /// Metadata of a token, the ids of the tokens it replaces / is replaced by,
@@ -232,15 +231,6 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Result<TokenRecord>> {
         })
     })();
     Ok(record)
-}
-
-pub(super) fn micros(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
-
-pub(super) fn from_micros(us: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_micros(us.max(0) as u64)
 }
 
 pub(super) fn unique_violation(e: rusqlite::Error, what: &'static str) -> Error {

@@ -1,0 +1,22 @@
+//! The audit trail as a component: the queue for decisions that change
+//! nothing, the JSON-lines mirror, reading the trail and walking its chain.
+//!
+//! Every admin mutation writes its event in the same store transaction as
+//! the change (the store appends it to the hash chain, see
+//! [`crate::crypto::chain`]); decisions that change nothing (reads,
+//! refusals, failed handshakes) are pushed to the [`AuditQueue`] and written
+//! in batches with the usage counters. One queue is created at start-up and
+//! handed to everything that records decisions: the TLS acceptor, the
+//! authorization layer, the API and the flusher.
+//!
+//! An event never carries a value, a ciphertext or a hash of a value.
+
+mod queue;
+mod sink;
+mod trail;
+mod verify;
+
+pub use queue::{AuditQueue, MAX_QUEUED_EVENTS};
+pub use sink::JsonlSink;
+pub use trail::AuditTrail;
+pub use verify::{AuditVerdict, verify_chain};

@@ -1,0 +1,64 @@
+//! A database opened with its root key, for the offline commands.
+
+use std::{path::Path, sync::Arc};
+
+use crate::{
+    config::Config,
+    crypto::KeySource,
+    error::{Error, Result},
+    rotation::{KeyRotation, Missing, unlock},
+    store::{SharedStore, SqliteStore},
+};
+
+/// A database opened with its root key.
+pub struct Offline {
+    /// The store.
+    pub store: SharedStore,
+    /// Key operations on it.
+    pub keys: KeyRotation,
+}
+
+impl Offline {
+    /// Opens `database` and unseals its keyring with `source`.
+    pub async fn open(database: &Path, source: &KeySource) -> Result<Self> {
+        let material = source.load()?;
+        let path = database.to_owned();
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+            .await
+            .map_err(|e| Error::Internal(format!("opening the database: {e}")))??;
+        let store: SharedStore = Arc::new(store);
+        let handle = unlock(&*store, material, Missing::Refuse).await?;
+        let keys = KeyRotation::new(store.clone(), Arc::new(handle));
+        Ok(Self { store, keys })
+    }
+
+    /// Opens the database a config names, with its key source.
+    pub async fn from_config(config: &Config) -> Result<Self> {
+        Self::open(&config.store.database, &config.store.key_source()?).await
+    }
+
+    /// Opens every sealed value; returns how many opened. Any that fails is
+    /// an error naming the token (never its value).
+    pub async fn verify_every_value(&self) -> Result<usize> {
+        let keyring = self.keys.handle().current();
+        let mut after = 0;
+        let mut count = 0;
+        loop {
+            let rows = self.store.scan_sealed(after, 500).await?;
+            let Some((last, ..)) = rows.last() else {
+                return Ok(count);
+            };
+            after = *last;
+            for (_, name, token) in &rows {
+                keyring
+                    .open_value(name.tenant.as_str(), &token.uid, &token.sealed)
+                    .map_err(|_| {
+                        Error::database(format!(
+                            "{name} does not open: the backup is damaged or the key is wrong"
+                        ))
+                    })?;
+                count += 1;
+            }
+        }
+    }
+}
