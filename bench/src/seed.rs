@@ -86,24 +86,12 @@ fn seal_range(
 }
 
 fn seal_one(keyring: &Keyring, tenant: &TenantId, i: u64) -> Result<(TokenRecord, SealedValue)> {
-    let now = now();
-    let record = TokenRecord {
-        uid: TokenUid::generate()?,
-        seq: 0,
-        name: TokenName {
-            tenant: tenant.clone(),
-            token_id: TokenId::new(&token_id(i), "token_id")?,
-        },
-        display_name: format!("Bench token {i}"),
-        create_time: now,
-        update_time: now,
-        revision: 1,
-        disabled: false,
-        replaces: None,
-        replaced_by: None,
-        last_resolve: None,
-        resolve_count: 0,
+    let name = TokenName {
+        tenant: tenant.clone(),
+        token_id: TokenId::new(&token_id(i), "token_id")?,
     };
+    let display_name = format!("Bench token {i}");
+    let record = TokenRecord::new(TokenUid::generate()?, name, display_name, now());
     let sealed = keyring.seal_value(tenant.as_str(), &record.uid, value_for(i).as_bytes())?;
     Ok((record, sealed))
 }

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use super::PeerIdentity;
 use crate::{
     error::{Error, Result},
-    model::{TenantId, TokenName},
+    model::{TenantId, TokenName, is_identity},
 };
 
 /// The policy file as written.
@@ -283,11 +283,7 @@ impl PolicyHandle {
 }
 
 fn check_identity(identity: &str) -> Result<()> {
-    let ok = match identity.strip_prefix("dns:") {
-        Some(name) => !name.is_empty() && !name.contains(char::is_whitespace),
-        None => identity.contains("://") && !identity.contains(char::is_whitespace),
-    };
-    if ok {
+    if is_identity(identity) {
         Ok(())
     } else {
         Err(policy_error(format!(

@@ -79,6 +79,21 @@ impl TenantId {
     }
 }
 
+/// Whether `identity` is spelled as certificate identities are: a URI SAN
+/// (`scheme://rest`, e.g. a SPIFFE id) or `dns:NAME`, without whitespace, at
+/// most 2 KiB. The policy names callers this way and bindings name them the
+/// same way: one rule for both, so that neither accepts a spelling that
+/// could never match a caller.
+pub fn is_identity(identity: &str) -> bool {
+    let well_formed = match identity.strip_prefix("dns:") {
+        Some(name) => !name.is_empty(),
+        None => identity
+            .split_once("://")
+            .is_some_and(|(scheme, rest)| !scheme.is_empty() && !rest.is_empty()),
+    };
+    well_formed && identity.len() <= 2048 && !identity.chars().any(char::is_whitespace)
+}
+
 /// A binding's resource name: `tenants/{tenant}/tokens/{token_id}/bindings/{binding_id}`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct BindingName {
@@ -192,6 +207,17 @@ mod tests {
                 matches!(err, Error::InvalidArgument { field: "name", .. }),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn identities_are_uri_or_dns_sans() {
+        for good in ["spiffe://t/agent", "dns:agent.internal"] {
+            assert!(is_identity(good), "{good}");
+        }
+        let long = format!("spiffe://t/{}", "a".repeat(2048));
+        for bad in ["agent", "dns:", "spiffe://", "spiffe://a b", "://x", &long] {
+            assert!(!is_identity(bad), "{bad}");
         }
     }
 

@@ -61,6 +61,25 @@ pub struct TokenRecord {
 }
 
 impl TokenRecord {
+    /// A new token's record: revision 1, enabled, not linked to another
+    /// token, never resolved; created and updated at `time`.
+    pub fn new(uid: TokenUid, name: TokenName, display_name: String, time: SystemTime) -> Self {
+        Self {
+            uid,
+            seq: 0,
+            name,
+            display_name,
+            create_time: time,
+            update_time: time,
+            revision: 1,
+            disabled: false,
+            replaces: None,
+            replaced_by: None,
+            last_resolve: None,
+            resolve_count: 0,
+        }
+    }
+
     /// The opaque etag clients use for conditional changes (AIP-154).
     /// Derived from the immutable uid and the revision, so a removed and
     /// re-created token never shares an etag with its predecessor.

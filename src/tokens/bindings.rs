@@ -7,7 +7,9 @@ use std::sync::Arc;
 use super::{SealedCache, detached, rules};
 use crate::{
     error::{Error, Result},
-    model::{Actor, Binding, BindingId, BindingName, BindingRecord, Outcome, TokenName, now},
+    model::{
+        Actor, Binding, BindingId, BindingName, BindingRecord, Outcome, TokenName, is_identity, now,
+    },
     store::BindingStore,
 };
 
@@ -38,7 +40,7 @@ impl Bindings {
         rules::validate_display_name(purpose, "binding.purpose")?;
         let caller_identity = match caller_identity {
             "" => None,
-            identity if rules::is_identity(identity) => Some(identity.to_owned()),
+            identity if is_identity(identity) => Some(identity.to_owned()),
             _ => {
                 return Err(Error::invalid(
                     "binding.caller_identity",

@@ -106,24 +106,11 @@ impl Lifecycle {
                 Some(old.token_id)
             }
         };
-        let now = now();
-        let record = TokenRecord {
-            uid: TokenUid::generate()?,
-            seq: 0,
-            name: TokenName {
-                tenant: new.tenant,
-                token_id,
-            },
-            display_name: new.display_name,
-            create_time: now,
-            update_time: now,
-            revision: 1,
-            disabled: false,
-            replaces: None,
-            replaced_by: None,
-            last_resolve: None,
-            resolve_count: 0,
+        let name = TokenName {
+            tenant: new.tenant,
+            token_id,
         };
+        let record = TokenRecord::new(TokenUid::generate()?, name, new.display_name, now());
         let replaced = replaces.as_ref().map(|old| record.sibling(old));
         let reason = match &replaced {
             Some(old) => format!("created, replacing {old}"),

@@ -57,19 +57,6 @@ pub fn check_etag(current: &TokenRecord, expected: Option<&str>) -> Result<()> {
     }
 }
 
-/// Whether `identity` is spelled as the policy spells identities: a URI
-/// SAN (`scheme://...`) or `dns:NAME`, without spaces, at most 2 KiB. Any
-/// other spelling could never match a caller.
-pub fn is_identity(identity: &str) -> bool {
-    let well_formed = match identity.strip_prefix("dns:") {
-        Some(name) => !name.is_empty(),
-        None => identity
-            .split_once("://")
-            .is_some_and(|(scheme, rest)| !scheme.is_empty() && !rest.is_empty()),
-    };
-    well_formed && identity.len() <= 2048 && !identity.chars().any(char::is_whitespace)
-}
-
 /// Stored and pending counters merged per caller, most recently active first.
 pub fn merged_usage(
     stored: &[(String, UsageStats)],

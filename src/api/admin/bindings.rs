@@ -51,13 +51,7 @@ impl AdminApi {
         &self,
         request: Request<ListTokenBindingsRequest>,
     ) -> Result<Response<ListTokenBindingsResponse>, Status> {
-        let token = TokenName::parse(&request.get_ref().parent, "parent")?;
-        let call = Call::authorize(
-            &self.auth,
-            &request,
-            Scope::Admin(&token.tenant),
-            token.to_string(),
-        )?;
+        let (token, call) = self.on_token(&request, &request.get_ref().parent, "parent")?;
         let bindings = call.read(self.domain.bindings.list(&token).await)?;
         Ok(Response::new(ListTokenBindingsResponse {
             bindings: bindings.into_iter().map(TokenBinding::from).collect(),

@@ -8,9 +8,11 @@ mod usage;
 
 use tonic::{Request, Response, Status};
 
+use super::call::Call;
 use crate::{
     audit::AuditTrail,
-    auth::Authorizer,
+    auth::{Authorizer, Scope},
+    model::TokenName,
     proto::{
         CreateTokenBindingRequest, CreateTokenRequest, DeleteTokenBindingRequest,
         DeleteTokenBindingResponse, DisableTokenRequest, EnableTokenRequest,
@@ -39,6 +41,20 @@ impl AdminApi {
             trail,
             auth,
         }
+    }
+
+    /// Parses the token name `name` (request field `field`) and authorizes
+    /// the caller as an admin of its tenant, for a request on that token.
+    fn on_token<T>(
+        &self,
+        request: &Request<T>,
+        name: &str,
+        field: &'static str,
+    ) -> Result<(TokenName, Call<'_>), Status> {
+        let name = TokenName::parse(name, field)?;
+        let resource = name.to_string();
+        let call = Call::authorize(&self.auth, request, Scope::Admin(&name.tenant), resource)?;
+        Ok((name, call))
     }
 }
 

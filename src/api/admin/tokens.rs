@@ -10,7 +10,7 @@ use crate::{
     api::call::Call,
     auth::Scope,
     error::Error,
-    model::{SecretValue, TenantId, TokenId, TokenName},
+    model::{SecretValue, TenantId, TokenId},
     proto::{
         CreateTokenRequest, GetTokenRequest, ListTokensRequest, ListTokensResponse,
         RemoveTokenRequest, RemoveTokenResponse, RenameTokenRequest, Token,
@@ -51,13 +51,7 @@ impl AdminApi {
         &self,
         request: Request<GetTokenRequest>,
     ) -> Result<Response<Token>, Status> {
-        let name = TokenName::parse(&request.get_ref().name, "name")?;
-        let call = Call::authorize(
-            &self.auth,
-            &request,
-            Scope::Admin(&name.tenant),
-            name.to_string(),
-        )?;
+        let (name, call) = self.on_token(&request, &request.get_ref().name, "name")?;
         let record = call.read(self.domain.lifecycle.get(&name).await)?;
         Ok(Response::new(record.into()))
     }
@@ -99,13 +93,7 @@ impl AdminApi {
         &self,
         request: Request<RenameTokenRequest>,
     ) -> Result<Response<Token>, Status> {
-        let name = TokenName::parse(&request.get_ref().name, "name")?;
-        let call = Call::authorize(
-            &self.auth,
-            &request,
-            Scope::Admin(&name.tenant),
-            name.to_string(),
-        )?;
+        let (name, call) = self.on_token(&request, &request.get_ref().name, "name")?;
         let RenameTokenRequest {
             display_name,
             new_token_id,
@@ -132,13 +120,7 @@ impl AdminApi {
         &self,
         request: Request<RemoveTokenRequest>,
     ) -> Result<Response<RemoveTokenResponse>, Status> {
-        let name = TokenName::parse(&request.get_ref().name, "name")?;
-        let call = Call::authorize(
-            &self.auth,
-            &request,
-            Scope::Admin(&name.tenant),
-            name.to_string(),
-        )?;
+        let (name, call) = self.on_token(&request, &request.get_ref().name, "name")?;
         let RemoveTokenRequest { etag, force, .. } = request.into_inner();
         let removed = self
             .domain
@@ -159,13 +141,7 @@ impl AdminApi {
         etag: Option<String>,
         disabled: bool,
     ) -> Result<Response<Token>, Status> {
-        let name = TokenName::parse(name, "name")?;
-        let call = Call::authorize(
-            &self.auth,
-            request,
-            Scope::Admin(&name.tenant),
-            name.to_string(),
-        )?;
+        let (name, call) = self.on_token(request, name, "name")?;
         let changed = self
             .domain
             .lifecycle

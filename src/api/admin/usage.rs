@@ -4,9 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::AdminApi;
 use crate::{
-    api::{call::Call, convert},
-    auth::Scope,
-    model::TokenName,
+    api::convert,
     proto::{
         GetReplacementStatusRequest, ListTokenUsagesRequest, ListTokenUsagesResponse,
         ReplacementStatus, TokenUsage,
@@ -19,13 +17,7 @@ impl AdminApi {
         &self,
         request: Request<ListTokenUsagesRequest>,
     ) -> Result<Response<ListTokenUsagesResponse>, Status> {
-        let name = TokenName::parse(&request.get_ref().name, "name")?;
-        let call = Call::authorize(
-            &self.auth,
-            &request,
-            Scope::Admin(&name.tenant),
-            name.to_string(),
-        )?;
+        let (name, call) = self.on_token(&request, &request.get_ref().name, "name")?;
         let usages = call.read(self.domain.reports.usages(&name).await)?;
         Ok(Response::new(ListTokenUsagesResponse {
             usages: usages.into_iter().map(TokenUsage::from).collect(),
@@ -37,13 +29,7 @@ impl AdminApi {
         &self,
         request: Request<GetReplacementStatusRequest>,
     ) -> Result<Response<ReplacementStatus>, Status> {
-        let name = TokenName::parse(&request.get_ref().name, "name")?;
-        let call = Call::authorize(
-            &self.auth,
-            &request,
-            Scope::Admin(&name.tenant),
-            name.to_string(),
-        )?;
+        let (name, call) = self.on_token(&request, &request.get_ref().name, "name")?;
         let status = call.read(self.domain.reports.replacement_status(&name).await)?;
         Ok(Response::new(convert::replacement_status(
             name.to_string(),

@@ -41,20 +41,7 @@ async fn flushed_usage_adds_to_what_is_stored() {
     let name = TokenName::parse("tenants/acme/tokens/t", "name").expect("name");
     let uid = TokenUid::generate().expect("uid");
     let now = crate::model::now();
-    let record = TokenRecord {
-        uid,
-        seq: 0,
-        name: name.clone(),
-        display_name: "t".into(),
-        create_time: now,
-        update_time: now,
-        revision: 1,
-        disabled: false,
-        replaces: None,
-        replaced_by: None,
-        last_resolve: None,
-        resolve_count: 0,
-    };
+    let record = TokenRecord::new(uid, name.clone(), "t".into(), now);
     let sealed = keyring.seal_value("acme", &uid, b"v").expect("seal");
     store
         .insert(record, sealed, None, Vec::new())
