@@ -29,8 +29,12 @@
 //! [cache]                    # optional; this is the default
 //! max_mib = 512              # memory for sealed rows kept for ResolveToken; 0 turns it off
 //!
-//! [audit]                    # optional
-//! jsonl = "audit.jsonl"      # mirror every audit record to this JSON-lines file
+//! [audit]                    # optional; these are the defaults
+//! # jsonl = "audit.jsonl"    # mirror every audit record to this JSON-lines file
+//! # anchor = "anchor.jsonl"  # MAC'd checkpoints of the chain, outside the database
+//! checkpoint_interval_secs = 10
+//! max_unflushed_secs = 30    # longer without a written trail: resolves are refused
+//! per_call_resolves = false  # also one JSON line per allowed resolve (needs jsonl)
 //! [metrics]                  # optional: plain-HTTP /metrics, /healthz, /readyz
 //! listen = "127.0.0.1:9090"
 //! [bench]                    # optional; only `aitokens bench` sets it
@@ -138,11 +142,38 @@ impl CacheConfig {
 }
 
 /// Audit trail settings.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
-    /// Optional JSON-lines file that mirrors every audit record.
+    /// Optional JSON-lines file that mirrors every audit record (and the
+    /// chain's checkpoints).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub jsonl: Option<PathBuf>,
+    /// Optional anchor file: MAC'd checkpoints of the chain, kept outside
+    /// the database (`aitokens audit verify --anchor FILE` checks them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<PathBuf>,
+    /// Seconds between checkpoints (written only when the trail grew).
+    pub checkpoint_interval_secs: u64,
+    /// Longest the trail may go without a successful write before
+    /// ResolveToken refuses (UNAVAILABLE, `AUDIT_UNAVAILABLE`): values do
+    /// not leave unaccounted.
+    pub max_unflushed_secs: u64,
+    /// Also write every allowed resolve to the JSON-lines file at once, one
+    /// line each (the trail holds them as exact aggregates either way).
+    pub per_call_resolves: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            jsonl: None,
+            anchor: None,
+            checkpoint_interval_secs: 10,
+            max_unflushed_secs: 30,
+            per_call_resolves: false,
+        }
+    }
 }
 
 /// The plain-HTTP observability listener (`/metrics`, `/healthz`, `/readyz`).
@@ -277,6 +308,18 @@ impl Config {
                 path.display()
             )));
         }
+        if config.audit.per_call_resolves && config.audit.jsonl.is_none() {
+            return Err(Error::config(format!(
+                "config {}: audit.per_call_resolves needs audit.jsonl (the file they go to)",
+                path.display()
+            )));
+        }
+        if config.audit.checkpoint_interval_secs == 0 || config.audit.max_unflushed_secs == 0 {
+            return Err(Error::config(format!(
+                "config {}: audit.checkpoint_interval_secs and audit.max_unflushed_secs must be at least 1",
+                path.display()
+            )));
+        }
         Ok(config)
     }
 
@@ -299,6 +342,7 @@ impl Config {
             .chain(self.internal.crls.iter_mut());
         let optional = [
             self.audit.jsonl.as_mut(),
+            self.audit.anchor.as_mut(),
             self.store.master_key_file.as_mut(),
             self.store.passphrase_file.as_mut(),
         ];

@@ -11,7 +11,7 @@ use std::{
 };
 
 use crate::{
-    config::{BenchConfig, Config, ListenerConfig, MetricsConfig, StoreConfig},
+    config::{AuditConfig, BenchConfig, Config, ListenerConfig, MetricsConfig, StoreConfig},
     crypto::RootKey,
     error::{Error, Result},
     pki::Ca,
@@ -108,7 +108,10 @@ pub fn prepare(
         },
         usage: Default::default(),
         cache: Default::default(),
-        audit: Default::default(),
+        audit: AuditConfig {
+            anchor: Some("audit-anchor.jsonl".into()),
+            ..AuditConfig::default()
+        },
         lock_memory: false,
         metrics: metrics.map(|listen| MetricsConfig { listen }),
         bench: BenchConfig::default(),

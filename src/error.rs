@@ -51,6 +51,16 @@ pub enum Error {
     /// purpose: which byte or key failed is nothing a caller should learn.
     #[error("stored data failed integrity check")]
     DataLoss,
+    /// The service cannot do this now and says why with a stable reason
+    /// (e.g. `AUDIT_UNAVAILABLE`: values do not leave while the audit trail
+    /// cannot account for them). Retrying later may succeed.
+    #[error("unavailable: {message}")]
+    Unavailable {
+        /// Stable reason code (ErrorInfo).
+        reason: &'static str,
+        /// What a person should know.
+        message: &'static str,
+    },
     /// The store could not be reached or failed (SQLite error, I/O error).
     /// The text is for the operator's log only.
     #[error("storage error: {0}")]
@@ -137,6 +147,14 @@ impl Error {
     /// A [`OperatorError::File`].
     pub fn file(message: impl Into<String>) -> Self {
         Self::Operator(OperatorError::File(message.into()))
+    }
+
+    /// Values do not leave while the audit trail cannot account for them.
+    pub fn audit_unavailable() -> Self {
+        Self::Unavailable {
+            reason: "AUDIT_UNAVAILABLE",
+            message: "the audit trail cannot be written, so no value is handed out; retry shortly",
+        }
     }
 
     /// The token named by `replaces` already has a replacement.

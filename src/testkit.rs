@@ -11,7 +11,7 @@ use crate::{
     crypto::{Keyring, KeyringHandle},
     error::{Error, Result},
     model::{SealedValue, TokenRecord},
-    rotation::{Missing, unlock},
+    rotation::{Legacy, Missing, unlock},
     store::SqliteStore,
 };
 
@@ -30,7 +30,7 @@ impl BulkLoader {
         let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
             .await
             .map_err(|e| Error::Internal(format!("opening the database: {e}")))??;
-        let keyring = unlock(&store, material, Missing::Create).await?;
+        let keyring = unlock(&store, material, Missing::Create, Legacy::Refuse).await?;
         Ok(Self {
             store: Arc::new(store),
             keyring: Arc::new(keyring),

@@ -78,6 +78,8 @@ impl From<AuditRecord> for AuditEvent {
         Self {
             sequence: record.seq,
             time: Some(event.time.into()),
+            first_time: Some(event.first_time.into()),
+            count: event.count,
             outcome: event.outcome.as_str().to_owned(),
             actor: event.actor,
             peer: event.peer,

@@ -28,6 +28,7 @@ pub fn audit_reason(e: &Error) -> &'static str {
         Error::Unauthenticated(_) => "NO_USABLE_IDENTITY",
         Error::PermissionDenied => "POLICY_DENIED",
         Error::DataLoss => "INTEGRITY_CHECK_FAILED",
+        Error::Unavailable { reason, .. } => reason,
         Error::Storage(_) => "STORE_UNAVAILABLE",
         Error::Operator(_) | Error::Internal(_) => "INTERNAL",
     }
@@ -87,6 +88,7 @@ impl From<Error> for Status {
                     "stored token data failed its integrity check".to_owned(),
                 )
             }
+            Error::Unavailable { message, .. } => (Code::Unavailable, (*message).to_owned()),
             Error::Storage(_) => {
                 tracing::error!(error = %e, "store failure");
                 (

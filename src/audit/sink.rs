@@ -1,9 +1,11 @@
-//! The optional JSON-lines mirror of the audit trail (for a SIEM).
+//! The optional JSON-lines mirror of the audit trail (for a SIEM): every
+//! committed record, the chain's checkpoints, and, in per-call mode, one
+//! line for every allowed resolve.
 
-use std::{fs::OpenOptions, io::Write, path::PathBuf, sync::Mutex};
+use std::{fs::OpenOptions, io::Write, os::unix::fs::OpenOptionsExt, path::PathBuf, sync::Mutex};
 
 use crate::{
-    model::{AuditRecord, micros},
+    model::{AuditRecord, TokenName, micros},
     store::AuditMirror,
 };
 
@@ -29,9 +31,37 @@ impl JsonlSink {
         if records.is_empty() {
             return;
         }
+        let mut lines = String::new();
+        for record in records {
+            lines.push_str(&json_line(record));
+            lines.push('\n');
+        }
+        self.append(&lines);
+    }
+
+    /// Appends one line (a checkpoint).
+    pub fn write_line(&self, line: &str) {
+        self.append(&format!("{line}\n"));
+    }
+
+    /// Per-call mode: one line for an allowed resolve of `name` by `caller`
+    /// at `time_us` (these are also accounted, as aggregates, in the trail).
+    pub fn write_resolve(&self, name: &TokenName, caller: &str, time_us: i64) {
+        let line = serde_json::json!({
+            "resolve": {
+                "time_us": time_us,
+                "actor": caller,
+                "tenant": name.tenant.as_str(),
+                "resource": name.to_string(),
+                "outcome": "allowed",
+            }
+        });
+        self.append(&format!("{line}\n"));
+    }
+
+    fn append(&self, lines: &str) {
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         if file.is_none() {
-            use std::os::unix::fs::OpenOptionsExt;
             match OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -44,11 +74,6 @@ impl JsonlSink {
                     return;
                 }
             }
-        }
-        let mut lines = String::new();
-        for record in records {
-            lines.push_str(&json_line(record));
-            lines.push('\n');
         }
         if let Some(f) = file.as_mut()
             && let Err(e) = f.write_all(lines.as_bytes())
@@ -64,6 +89,8 @@ fn json_line(record: &AuditRecord) -> String {
     serde_json::json!({
         "sequence": record.seq,
         "time_us": micros(event.time),
+        "first_time_us": micros(event.first_time),
+        "count": event.count,
         "actor": event.actor,
         "peer": event.peer,
         "method": event.method,

@@ -16,6 +16,7 @@ use crate::{
     config::Config,
     crypto::KeySource,
     dev,
+    rotation::Legacy,
     server::Server,
     telemetry::{Telemetry, serve_http},
 };
@@ -88,11 +89,16 @@ async fn run_dev(args: DevArgs) -> Result<()> {
         tracing::info!(path = %path.display(), "created");
     }
     let source = setup.config.store.key_source()?;
-    run_server(&setup.config, source, |admin, internal, metrics| {
-        Profile::for_dev(admin, internal).write(&dir.join(DEV_PROFILE))?;
-        print_dev_banner(&dir, admin, internal, metrics);
-        Ok(())
-    })
+    run_server(
+        &setup.config,
+        source,
+        Legacy::Upgrade,
+        |admin, internal, metrics| {
+            Profile::for_dev(admin, internal).write(&dir.join(DEV_PROFILE))?;
+            print_dev_banner(&dir, admin, internal, metrics);
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -102,10 +108,15 @@ async fn run_serve(args: ServeArgs, source: Option<KeySource>) -> Result<()> {
         Some(source) => source,
         None => config.store.key_source()?,
     };
-    run_server(&config, source, |admin, internal, metrics| {
-        tracing::info!(%admin, %internal, metrics = ?metrics, "serving");
-        Ok(())
-    })
+    run_server(
+        &config,
+        source,
+        Legacy::Refuse,
+        |admin, internal, metrics| {
+            tracing::info!(%admin, %internal, metrics = ?metrics, "serving");
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -116,6 +127,7 @@ async fn run_serve(args: ServeArgs, source: Option<KeySource>) -> Result<()> {
 async fn run_server(
     config: &Config,
     source: KeySource,
+    legacy: Legacy,
     announce: impl FnOnce(SocketAddr, SocketAddr, Option<SocketAddr>) -> Result<()>,
 ) -> Result<()> {
     let telemetry = Telemetry::new();
@@ -135,7 +147,7 @@ async fn run_server(
             },
         )));
     }
-    let server = Server::open_with(config, telemetry, source).await?;
+    let server = Server::open_with(config, telemetry, source, legacy).await?;
     let (admin, internal) = bind(config).await?;
     let shutdown = shutdown_signal()?;
     announce(local_addr(&admin)?, local_addr(&internal)?, metrics_addr)?;

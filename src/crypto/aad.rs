@@ -57,3 +57,9 @@ pub fn kek(deployment: &[u8], version: u32) -> Vec<u8> {
 pub fn key_check(deployment: &[u8]) -> Vec<u8> {
     Builder::new("aitokens/key-check").field(deployment).0
 }
+
+/// AAD of the keyring's audit key (the secret the audit chain key is
+/// derived from) sealed under the root key.
+pub fn audit_key(deployment: &[u8]) -> Vec<u8> {
+    Builder::new("aitokens/audit-key").field(deployment).0
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use zeroize::Zeroizing;
 
-use super::{RootKey, SecretKey, aad, fill_random};
+use super::{RootKey, SecretKey, aad, chain::ChainKey, fill_random};
 use crate::{
     error::{Error, Result},
     model::{KdfParams, KeyringRecords, SealedValue, TokenUid},
@@ -27,6 +27,9 @@ pub fn new_deployment_id() -> Result<Vec<u8>> {
 pub struct Keyring {
     current_version: u32,
     keks: BTreeMap<u32, SecretKey>,
+    /// The secret of the audit chain; `None` until a keyring made before
+    /// chains were keyed has been given one.
+    audit_key: Option<SecretKey>,
 }
 
 impl Keyring {
@@ -53,16 +56,22 @@ impl Keyring {
         let sealed = root
             .key()
             .seal(&aad::kek(&deployment_id, version), kek.expose())?;
+        let audit_key = SecretKey::generate()?;
+        let sealed_audit_key = root
+            .key()
+            .seal(&aad::audit_key(&deployment_id), audit_key.expose())?;
         let records = KeyringRecords {
             deployment_id,
             key_check,
             current_version: version,
             sealed_keks: vec![(version, sealed)],
             kdf,
+            sealed_audit_key: Some(sealed_audit_key),
         };
         let keyring = Self {
             current_version: version,
             keks: BTreeMap::from([(version, kek)]),
+            audit_key: Some(audit_key),
         };
         Ok((keyring, records))
     }
@@ -106,10 +115,41 @@ impl Keyring {
                 records.current_version
             )));
         }
+        let audit_key =
+            match &records.sealed_audit_key {
+                None => None,
+                Some(sealed) => {
+                    let raw = root
+                        .key()
+                        .open(&aad::audit_key(&records.deployment_id), sealed)
+                        .map_err(|_| {
+                            Error::database(
+                                "the keyring's audit key failed its integrity check \
+                             (the database was tampered with or is corrupt)",
+                            )
+                        })?;
+                    Some(SecretKey::from_slice(&raw).ok_or_else(|| {
+                        Error::database("the keyring's audit key has a bad length")
+                    })?)
+                }
+            };
         Ok(Self {
             current_version: records.current_version,
             keks,
+            audit_key,
         })
+    }
+
+    /// The keys of the audit chain, once the keyring has an audit key.
+    pub fn chain_key(&self) -> Option<ChainKey> {
+        self.audit_key.as_ref().map(ChainKey::derive)
+    }
+
+    /// A new audit key for a keyring made before chains were keyed, sealed
+    /// under `root` for `deployment`, to store before it is used.
+    pub fn new_audit_key(root: &RootKey, deployment: &[u8]) -> Result<Vec<u8>> {
+        let key = SecretKey::generate()?;
+        root.key().seal(&aad::audit_key(deployment), key.expose())
     }
 
     /// Seals a new token value under a fresh data key wrapped by the current KEK.
@@ -207,6 +247,15 @@ impl Keyring {
                 ))
             })
             .collect::<Result<_>>()?;
+        let sealed_audit_key = self
+            .audit_key
+            .as_ref()
+            .map(|key| {
+                new_root
+                    .key()
+                    .seal(&aad::audit_key(deployment), key.expose())
+            })
+            .transpose()?;
         Ok(KeyringRecords {
             deployment_id: deployment.clone(),
             key_check: new_root
@@ -215,6 +264,7 @@ impl Keyring {
             current_version: self.current_version,
             sealed_keks,
             kdf,
+            sealed_audit_key,
         })
     }
 

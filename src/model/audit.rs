@@ -61,8 +61,11 @@ impl Actor {
         outcome: Outcome,
         reason: impl Into<String>,
     ) -> AuditEvent {
+        let now = SystemTime::now();
         AuditEvent {
-            time: SystemTime::now(),
+            time: now,
+            first_time: now,
+            count: 1,
             actor: self.identity.clone(),
             peer: self.peer.clone(),
             method: self.method.to_owned(),
@@ -74,11 +77,16 @@ impl Actor {
     }
 }
 
-/// One audit event, before it is sequenced.
+/// One audit event (or an aggregate of identical ones), before it is
+/// sequenced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditEvent {
-    /// When it happened.
+    /// When it happened (for an aggregate: the last time it covers).
     pub time: SystemTime,
+    /// The first time an aggregate covers (`time` for a single event).
+    pub first_time: SystemTime,
+    /// How many events this record accounts for (1 for a single one).
+    pub count: i64,
     /// Who.
     pub actor: String,
     /// From where.

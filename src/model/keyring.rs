@@ -16,6 +16,9 @@ pub struct KeyringRecords {
     pub sealed_keks: Vec<(u32, Vec<u8>)>,
     /// Argon2id parameters when the root key comes from a passphrase.
     pub kdf: Option<KdfParams>,
+    /// The audit key (the secret the audit chain key comes from), sealed
+    /// under the root key; `None` in a keyring made before chains were keyed.
+    pub sealed_audit_key: Option<Vec<u8>>,
 }
 
 impl KeyringRecords {
@@ -32,6 +35,7 @@ impl std::fmt::Debug for KeyringRecords {
             .field("current_version", &self.current_version)
             .field("versions", &self.versions())
             .field("passphrase", &self.kdf.is_some())
+            .field("audit_key", &self.sealed_audit_key.is_some())
             .finish_non_exhaustive()
     }
 }

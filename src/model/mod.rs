@@ -26,4 +26,4 @@ pub use names::{
 pub use page::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, PageCursor, page_limit};
 pub use time::{from_micros, micros, micros_ago, now};
 pub use token::{SealedToken, SealedValue, SecretValue, TokenRecord, TokenUid};
-pub use usage::{UsageBatch, UsageStats};
+pub use usage::{UsageBatch, UsageDelta, UsageStats};

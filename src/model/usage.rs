@@ -66,11 +66,24 @@ fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     }
 }
 
+/// The counters of one (token, caller) pair since the last batch write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageDelta {
+    /// The token.
+    pub uid: TokenUid,
+    /// Its name when the counters began (for the audit aggregate).
+    pub token: TokenName,
+    /// The caller's identity.
+    pub caller: String,
+    /// What happened.
+    pub stats: UsageStats,
+}
+
 /// Pending usage taken out of memory for one batch write.
 #[derive(Clone, Debug, Default)]
 pub struct UsageBatch {
     /// Counters by token uid (resolves that found their token).
-    pub by_uid: Vec<(TokenUid, String, UsageStats)>,
+    pub by_uid: Vec<UsageDelta>,
     /// Refusals decided before any lookup, by the name the caller asked for.
     pub by_name: Vec<(TokenName, String, UsageStats)>,
 }

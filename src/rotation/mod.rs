@@ -34,7 +34,7 @@ use crate::{
     store::KeyringStore,
 };
 
-pub use unlock::{Missing, unlock};
+pub use unlock::{Legacy, Missing, chain_key, unlock};
 
 /// Data keys re-wrapped per transaction.
 pub const REWRAP_BATCH: usize = 256;

@@ -32,7 +32,7 @@ use crate::{
         AdminApi, KeyAdminApi, MAX_REQUEST_BYTES, ResolverApi,
         echo::{EchoApi, pb::echo_server::EchoServer},
     },
-    audit::{AuditQueue, AuditTrail, JsonlSink},
+    audit::{AuditHealth, AuditQueue, AuditTrail, Checkpointer, JsonlSink},
     auth::{AuthLayer, Authorizer, Policy, PolicyHandle},
     config::Config,
     crypto::KeySource,
@@ -41,10 +41,10 @@ use crate::{
         self, key_admin_server::KeyAdminServer, token_admin_server::TokenAdminServer,
         token_resolver_server::TokenResolverServer,
     },
-    rotation::{KeyRotation, Missing, unlock},
+    rotation::{KeyRotation, Legacy, Missing, unlock},
     store::{SharedStore, SqliteStore},
     telemetry::{Gauges, GrpcLayer, Telemetry},
-    tokens::{Domain, TokenSettings},
+    tokens::{Accounting, Domain, TokenSettings},
 };
 
 /// Longest a connection lives before the server asks the client to reconnect
@@ -81,6 +81,9 @@ pub struct Server {
     hangup: Option<tasks::Hangup>,
     /// Serve the benchmark's Echo RPC on the internal listener.
     echo: bool,
+    /// Writes the audit chain's checkpoints outside the database.
+    checkpoints: Arc<Checkpointer>,
+    checkpoint_interval: Duration,
 }
 
 /// What start-up reads from files, off the executor.
@@ -90,24 +93,30 @@ struct Loaded {
     internal_tls: Arc<TlsMaterial>,
     material: crate::crypto::RootMaterial,
     store: SqliteStore,
+    mirror: Option<Arc<JsonlSink>>,
 }
 
 impl Server {
     /// Loads and checks everything `config` names, taking the root key from
     /// its configured source.
     pub async fn open(config: &Config) -> Result<Self> {
-        Self::open_with(config, Telemetry::new(), config.store.key_source()?).await
+        let source = config.store.key_source()?;
+        Self::open_with(config, Telemetry::new(), source, Legacy::Refuse).await
     }
 
     /// Like [`Server::open`], recording metrics and readiness into
     /// `telemetry` (which an already running `/readyz` may be reporting), with
     /// the root key from `source` (the binary reads an environment key early
-    /// and removes it from the environment). Blocking work (file reads,
-    /// key derivation, SQLite's open) runs on the blocking pool.
+    /// and removes it from the environment), and `legacy` saying what to do
+    /// with an audit trail written before chains were keyed (`aitokens dev`
+    /// upgrades its own folder; a production server refuses and names the
+    /// command). Blocking work (file reads, key derivation, SQLite's open)
+    /// runs on the blocking pool.
     pub async fn open_with(
         config: &Config,
         telemetry: Telemetry,
         source: KeySource,
+        legacy: Legacy,
     ) -> Result<Self> {
         let loaded = {
             let config = config.clone();
@@ -117,30 +126,44 @@ impl Server {
         };
         let audit = Arc::new(AuditQueue::default());
         let store: SharedStore = Arc::new(loaded.store);
-        let keyring = Arc::new(unlock(&*store, loaded.material, Missing::Create).await?);
+        let keyring = Arc::new(unlock(&*store, loaded.material, Missing::Create, legacy).await?);
         if config.bench.echo {
             tracing::warn!(
                 "serving the benchmark Echo RPC on the internal listener ([bench] echo = true)"
             );
         }
+        let chain_key = keyring
+            .current()
+            .chain_key()
+            .ok_or_else(|| Error::Internal("the keyring has no audit key".into()))?;
+        let checkpoints = Arc::new(Checkpointer::new(
+            store.clone(),
+            Arc::new(chain_key),
+            config.audit.anchor.clone(),
+            loaded.mirror.clone(),
+        ));
+        let health = Arc::new(AuditHealth::new(
+            audit.clone(),
+            Duration::from_secs(config.audit.max_unflushed_secs),
+        ));
+        let accounting = Accounting {
+            health: health.clone(),
+            per_call: loaded.mirror.filter(|_| config.audit.per_call_resolves),
+        };
         let settings = TokenSettings {
             track: config.usage.track,
             recent_window: Duration::from_secs(config.usage.recent_window_secs),
             cache_bytes: config.cache.max_bytes(),
         };
-        let domain = Domain::new(store.clone(), keyring.clone(), audit.clone(), settings).await?;
-        telemetry.set_gauge_source({
-            let domain = domain.clone();
-            move || {
-                let cache = domain.resolver.cache_stats();
-                Gauges {
-                    tokens: domain.lifecycle.token_count(),
-                    cache_rows: cache.rows,
-                    cache_bytes: cache.bytes,
-                    cache_misses: cache.misses,
-                }
-            }
-        });
+        let domain = Domain::new(
+            store.clone(),
+            keyring.clone(),
+            audit.clone(),
+            accounting,
+            settings,
+        )
+        .await?;
+        set_gauge_source(&telemetry, &domain, &audit, &health);
         Ok(Self {
             telemetry,
             keys: KeyRotation::new(store.clone(), keyring),
@@ -155,6 +178,8 @@ impl Server {
             tls_reload_interval: Duration::from_secs(config.tls_reload_interval_secs.max(1)),
             hangup: register_hangup(),
             echo: config.bench.echo,
+            checkpoints,
+            checkpoint_interval: Duration::from_secs(config.audit.checkpoint_interval_secs),
         })
     }
 
@@ -188,6 +213,9 @@ impl Server {
         if let Err(e) = &flushed {
             tracing::error!(error = %e, "final flush of usage counters and audit events failed");
         }
+        if let Err(e) = self.checkpoints.checkpoint().await {
+            tracing::error!(error = %e, "the final audit checkpoint could not be written");
+        }
         // Leave the files at rest complete: fold the WAL into the database.
         if let Err(e) = self.store.checkpoint().await {
             tracing::warn!(error = %e, "final database checkpoint failed");
@@ -214,6 +242,11 @@ impl Server {
             )),
             tokio::spawn(tasks::notice_store_changes(resolver, stop.clone())),
             tokio::spawn(tasks::recount_tokens(self.domain.clone(), stop.clone())),
+            tokio::spawn(tasks::checkpoint_periodically(
+                self.checkpoints.clone(),
+                self.checkpoint_interval,
+                stop.clone(),
+            )),
             tokio::spawn(tasks::reload_policy(
                 self.policy.clone(),
                 self.policy_path.clone(),
@@ -359,6 +392,31 @@ impl Server {
     }
 }
 
+/// Lets `/metrics` read the domain's and the audit trail's figures from
+/// memory at each scrape.
+fn set_gauge_source(
+    telemetry: &Telemetry,
+    domain: &Domain,
+    audit: &Arc<AuditQueue>,
+    health: &Arc<AuditHealth>,
+) {
+    let (domain, audit, health) = (domain.clone(), audit.clone(), health.clone());
+    telemetry.set_gauge_source(move || {
+        let cache = domain.resolver.cache_stats();
+        let (events_dropped, handshakes_folded) = audit.losses();
+        Gauges {
+            tokens: domain.lifecycle.token_count(),
+            cache_rows: cache.rows,
+            cache_bytes: cache.bytes,
+            cache_misses: cache.misses,
+            audit_accepting: health.accepting(),
+            audit_events_dropped: events_dropped,
+            usage_counters_dropped: domain.flusher.dropped(),
+            handshake_refusals_folded: handshakes_folded,
+        }
+    });
+}
+
 /// Reads every file start-up needs and opens the database.
 fn load(config: &Config, source: &KeySource) -> Result<Loaded> {
     let policy = Policy::load(&config.policy)?;
@@ -366,8 +424,13 @@ fn load(config: &Config, source: &KeySource) -> Result<Loaded> {
     let internal_tls = TlsMaterial::load(&config.internal, "internal")?;
     let material = source.load()?;
     let mut store = SqliteStore::open(&config.store.database)?;
-    if let Some(path) = &config.audit.jsonl {
-        store = store.with_audit_mirror(Arc::new(JsonlSink::new(path.clone())));
+    let mirror = config
+        .audit
+        .jsonl
+        .as_ref()
+        .map(|path| Arc::new(JsonlSink::new(path.clone())));
+    if let Some(mirror) = &mirror {
+        store = store.with_audit_mirror(mirror.clone());
     }
     Ok(Loaded {
         policy,
@@ -375,6 +438,7 @@ fn load(config: &Config, source: &KeySource) -> Result<Loaded> {
         internal_tls,
         material,
         store,
+        mirror,
     })
 }
 

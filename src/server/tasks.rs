@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use super::tls::{Reload, TlsMaterial};
 use crate::{
+    audit::Checkpointer,
     auth::{Policy, PolicyHandle},
     rotation::{KeyRotation, REWRAP_BATCH},
     store::Maintenance,
@@ -142,6 +143,26 @@ pub(super) async fn recount_tokens(domain: Domain, mut stop: watch::Receiver<boo
         }
         if let Err(e) = domain.lifecycle.recount().await {
             tracing::warn!(error = %e, "could not recount tokens for /metrics; will retry");
+        }
+    }
+}
+
+/// Writes a checkpoint of the audit chain every `interval` (when it grew),
+/// until stop.
+pub(super) async fn checkpoint_periodically(
+    checkpoints: Arc<Checkpointer>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stopped(&mut stop) => return,
+        }
+        if let Err(e) = checkpoints.checkpoint().await {
+            tracing::error!(error = %e, "writing an audit checkpoint failed; will retry");
         }
     }
 }

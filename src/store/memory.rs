@@ -10,7 +10,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     path::Path,
     sync::{
-        Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
     },
 };
@@ -22,7 +22,7 @@ use super::{
     RemovalContext, RemoveFn, RewrapBatch, RewrapFn, TokenStore, Unflushed, UpdateFn, UsageStore,
 };
 use crate::{
-    crypto::chain::{GENESIS, chain_hash},
+    crypto::chain::{ChainKey, GENESIS},
     error::{Error, Result},
     model::{
         AuditEvent, AuditRecord, BindingId, BindingRecord, KeyringRecords, SealedToken,
@@ -48,6 +48,7 @@ struct State {
     bindings: Vec<(TokenUid, BindingRecord)>,
     usage: HashMap<(TokenUid, String), UsageStats>,
     audit: Vec<ChainLink>,
+    base: Option<super::Checkpoint>,
     generation: i64,
 }
 
@@ -56,6 +57,7 @@ struct State {
 pub struct MemoryStore {
     state: Mutex<State>,
     fail_writes: AtomicBool,
+    chain: std::sync::RwLock<Option<Arc<ChainKey>>>,
 }
 
 impl MemoryStore {
@@ -83,9 +85,18 @@ impl MemoryStore {
         let mut state = self.state();
         let mut draft = state.clone_all();
         let (value, events) = work(&mut draft)?;
-        draft.append(events);
+        if !events.is_empty() {
+            let key = self.chain_key().ok_or_else(|| {
+                Error::Internal("the audit chain key is not loaded; nothing can be audited".into())
+            })?;
+            draft.append(&key, events);
+        }
         *state = draft;
         Ok(value)
+    }
+
+    fn chain_key(&self) -> Option<Arc<ChainKey>> {
+        self.chain.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -97,28 +108,21 @@ impl State {
             next_seq: self.next_seq,
             bindings: self.bindings.clone(),
             usage: self.usage.clone(),
-            audit: self
-                .audit
-                .iter()
-                .map(|l| ChainLink {
-                    record: l.record.clone(),
-                    stored_outcome: l.stored_outcome.clone(),
-                    prev_hash: l.prev_hash.clone(),
-                    hash: l.hash.clone(),
-                })
-                .collect(),
+            audit: self.audit.clone(),
+            base: self.base.clone(),
             generation: self.generation,
         }
     }
 
-    fn append(&mut self, events: Vec<AuditEvent>) {
+    fn append(&mut self, key: &ChainKey, events: Vec<AuditEvent>) {
         for event in events {
-            let prev = self
-                .audit
-                .last()
-                .map_or(GENESIS.to_vec(), |l| l.hash.clone());
-            let seq = self.audit.len() as i64 + 1;
-            let hash = chain_hash(&prev, seq, &event).to_vec();
+            let (last_seq, prev) = match (self.audit.last(), &self.base) {
+                (Some(l), _) => (l.record.seq, l.hash.clone()),
+                (None, Some(base)) => (base.seq, base.head.clone()),
+                (None, None) => (0, GENESIS.to_vec()),
+            };
+            let seq = last_seq + 1;
+            let hash = key.link(&prev, seq, &event).to_vec();
             self.audit.push(ChainLink {
                 stored_outcome: event.outcome.as_str().to_owned(),
                 record: AuditRecord { seq, event },

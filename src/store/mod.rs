@@ -30,6 +30,7 @@ use async_trait::async_trait;
 pub use sqlite::SqliteStore;
 
 use crate::{
+    crypto::chain::ChainKey,
     error::{Error, Result},
     model::{
         AuditEvent, AuditRecord, BindingId, BindingRecord, KeyringRecords, SealedToken,
@@ -89,7 +90,7 @@ pub struct AuditFilter {
 }
 
 /// A stored audit record with the chain links it was stored with.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ChainLink {
     /// The record.
     pub record: AuditRecord,
@@ -99,6 +100,22 @@ pub struct ChainLink {
     pub prev_hash: Vec<u8>,
     /// Its own hash.
     pub hash: Vec<u8>,
+}
+
+/// A checkpoint of the audit chain: record `seq` had link `head` at
+/// `time_us`; `mac` (under the chain's checkpoint key) proves it was made by
+/// a holder of the key. Written outside the database (the anchor file, the
+/// JSON-lines mirror), and inside it as the base of a pruned trail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The record's sequence number.
+    pub seq: i64,
+    /// Its link.
+    pub head: Vec<u8>,
+    /// When the checkpoint was made (µs since the epoch).
+    pub time_us: i64,
+    /// The MAC over the three.
+    pub mac: Vec<u8>,
 }
 
 /// Usage counters and queued audit events to write in one transaction.
@@ -215,9 +232,14 @@ pub trait UsageStore: Send + Sync + 'static {
     async fn flush(&self, pending: Pending) -> std::result::Result<(), Unflushed>;
 }
 
-/// Reading the audit trail.
+/// The audit trail: keyed appends (every write of every trait appends its
+/// events), reading, verifying and pruning.
 #[async_trait]
 pub trait AuditLog: Send + Sync + 'static {
+    /// Links every record appended from now on under `key`. Until a key is
+    /// set, every write that carries audit events fails (nothing unaudited
+    /// happens).
+    fn use_chain_key(&self, key: Arc<ChainKey>);
     /// Records after `after_seq` matching `filter`, in order.
     async fn list_audit(
         &self,
@@ -231,6 +253,17 @@ pub trait AuditLog: Send + Sync + 'static {
     /// The recorded head of the chain (last sequence and hash), if any
     /// record was ever written.
     async fn chain_head(&self) -> Result<Option<(i64, Vec<u8>)>>;
+    /// Where the chain starts, once a prune removed older records.
+    async fn chain_base(&self) -> Result<Option<Checkpoint>>;
+    /// Re-links a trail written before chains were keyed under the key set
+    /// with [`AuditLog::use_chain_key`], after checking every old link, in
+    /// one transaction. Returns how many records it re-linked (0 when the
+    /// chain is keyed already); refuses a trail that does not verify.
+    async fn relink(&self) -> Result<i64>;
+    /// Deletes the records up to and including `base.seq` (whose link
+    /// `base.head` must be) and keeps `base` as where the chain starts.
+    /// Returns how many records it deleted.
+    async fn prune(&self, base: Checkpoint) -> Result<usize>;
 }
 
 /// The sealed keyring.
@@ -266,6 +299,9 @@ pub trait KeyringStore: Send + Sync + 'static {
     /// Deletes KEK `version`: refused while it is current or any row uses
     /// it. Then erases it from the journal and the file.
     async fn destroy_kek(&self, version: u32, events: Vec<AuditEvent>) -> Result<()>;
+    /// Stores the audit key of a keyring made before chains were keyed,
+    /// provided the stored keyring is still `expected` and has none.
+    async fn add_audit_key(&self, expected: KeyringRecords, sealed: Vec<u8>) -> Result<()>;
     /// Replaces the sealed keyring (rekey) in one transaction, provided the
     /// stored keyring is still `expected` (same check and versions).
     async fn replace_keyring(

@@ -90,6 +90,10 @@ struct Inner {
     cache_bytes: Gauge,
     cache_misses: Counter,
     audit_failures: Counter,
+    audit_events_dropped: Counter,
+    audit_accepting: Gauge,
+    usage_dropped: Counter,
+    handshakes_folded: Counter,
     usage_flush_failures: Counter,
     tls_reloads: Family<ReloadLabels, Counter>,
     handshake_failures: Family<HandshakeLabels, Counter>,
@@ -160,6 +164,33 @@ impl Telemetry {
             "Audit records that could not be written",
             audit_failures.clone(),
         );
+        let audit_events_dropped = Counter::default();
+        registry.register(
+            "audit_events_dropped",
+            "Audit events dropped because the queue was full (the store refused writes); \
+             while any is, resolves are refused",
+            audit_events_dropped.clone(),
+        );
+        let audit_accepting = Gauge::default();
+        registry.register(
+            "audit_accepting",
+            "1 while the audit trail takes writes and values may leave; 0 while ResolveToken \
+             refuses with AUDIT_UNAVAILABLE",
+            audit_accepting.clone(),
+        );
+        let usage_dropped = Counter::default();
+        registry.register(
+            "usage_counters_dropped",
+            "Usage counters of refused resolves dropped because their map was full",
+            usage_dropped.clone(),
+        );
+        let handshakes_folded = Counter::default();
+        registry.register(
+            "tls_handshake_refusals_folded",
+            "Refused TLS handshakes audited under source * because too many sources failed \
+             in one flush interval (the counts stay exact)",
+            handshakes_folded.clone(),
+        );
         let usage_flush_failures = Counter::default();
         registry.register(
             "usage_flush_failures",
@@ -195,6 +226,10 @@ impl Telemetry {
                 cache_bytes,
                 cache_misses,
                 audit_failures,
+                audit_events_dropped,
+                audit_accepting,
+                usage_dropped,
+                handshakes_folded,
                 usage_flush_failures,
                 tls_reloads,
                 handshake_failures,
@@ -228,10 +263,22 @@ impl Telemetry {
             .set(i64::try_from(gauges.tokens).unwrap_or(i64::MAX));
         self.inner.cache_rows.set(gauge(gauges.cache_rows));
         self.inner.cache_bytes.set(gauge(gauges.cache_bytes));
-        let counted = self.inner.cache_misses.get();
+        let catch_up = |counter: &Counter, total: u64| {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        };
+        catch_up(&self.inner.cache_misses, gauges.cache_misses);
+        catch_up(
+            &self.inner.audit_events_dropped,
+            gauges.audit_events_dropped,
+        );
+        catch_up(&self.inner.usage_dropped, gauges.usage_counters_dropped);
+        catch_up(
+            &self.inner.handshakes_folded,
+            gauges.handshake_refusals_folded,
+        );
         self.inner
-            .cache_misses
-            .inc_by(gauges.cache_misses.saturating_sub(counted));
+            .audit_accepting
+            .set(i64::from(gauges.audit_accepting));
     }
 
     /// Counts an audit record that could not be written.
@@ -314,6 +361,14 @@ pub struct Gauges {
     pub cache_bytes: usize,
     /// Resolve-cache lookups that missed, since start.
     pub cache_misses: u64,
+    /// Whether the audit trail takes writes (values leave only then).
+    pub audit_accepting: bool,
+    /// Audit events dropped because the queue was full, since start.
+    pub audit_events_dropped: u64,
+    /// Usage counters dropped because their map was full, since start.
+    pub usage_counters_dropped: u64,
+    /// Refused handshakes summed under source `*` (too many sources).
+    pub handshake_refusals_folded: u64,
 }
 
 impl Default for Telemetry {

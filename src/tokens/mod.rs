@@ -34,7 +34,7 @@ pub use rules::ReplacementStatus;
 pub use usage::{FLUSH_EARLY_AT, FlushGate, Flusher, UsageReports, UsageTracker};
 
 use crate::{
-    audit::AuditQueue,
+    audit::{AuditHealth, AuditQueue, JsonlSink},
     crypto::KeyringHandle,
     error::{Error, Result},
     store::SharedStore,
@@ -51,10 +51,22 @@ pub struct CacheStats {
     pub misses: u64,
 }
 
+/// What accounts for the values that leave.
+#[derive(Clone, Debug)]
+pub struct Accounting {
+    /// Whether the audit trail takes writes; resolves are refused while it
+    /// does not.
+    pub health: Arc<AuditHealth>,
+    /// Per-call mode: every allowed resolve also goes to this JSON-lines
+    /// sink at once (for a SIEM), besides the aggregates in the trail.
+    pub per_call: Option<Arc<JsonlSink>>,
+}
+
 /// Tunables of the domain.
 #[derive(Clone, Copy, Debug)]
 pub struct TokenSettings {
-    /// Record resolves in memory (off only to measure what tracking costs).
+    /// Persist per-caller usage counters (resolves are accounted in the
+    /// audit trail either way; off only to measure what the counters cost).
     pub track: bool,
     /// How far back a resolve counts as recent: it blocks RemoveToken and
     /// keeps a replaced token from being ready to remove.
@@ -97,22 +109,26 @@ pub struct Domain {
 
 impl Domain {
     /// Wires the services over `store`, sealing and opening with `keyring`,
-    /// draining `audit` into the store at each flush.
+    /// draining `audit` into the store at each flush and accounting for
+    /// every resolve through `accounting`.
     pub async fn new(
         store: SharedStore,
         keyring: Arc<KeyringHandle>,
         audit: Arc<AuditQueue>,
+        accounting: Accounting,
         settings: TokenSettings,
     ) -> Result<Self> {
         let cache = Arc::new(SealedCache::new(settings.cache_bytes));
-        let usage = Arc::new(UsageTracker::new(settings.track));
+        let usage = Arc::new(UsageTracker::new());
         let gate = FlushGate::default();
+        let health = accounting.health.clone();
         let resolver = Resolver::new(
             store.clone(),
             store.clone(),
             keyring.clone(),
             cache.clone(),
             usage.clone(),
+            accounting,
         )
         .await?;
         let count = store.count().await?;
@@ -135,7 +151,7 @@ impl Domain {
                 gate.clone(),
                 settings.recent_window,
             ),
-            flusher: Flusher::new(store, usage, audit, gate),
+            flusher: Flusher::new(store, usage, audit, health, gate, settings.track),
         })
     }
 }

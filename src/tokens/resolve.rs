@@ -8,7 +8,7 @@ use std::sync::{
 };
 
 use super::{
-    CacheStats,
+    Accounting, CacheStats,
     cache::{CachedRow, SealedCache},
     usage::UsageTracker,
 };
@@ -34,6 +34,7 @@ pub struct Resolver {
     keyring: Arc<KeyringHandle>,
     cache: Arc<SealedCache>,
     usage: Arc<UsageTracker>,
+    accounting: Accounting,
     /// The store's change generation when last looked at.
     seen_generation: Arc<AtomicI64>,
 }
@@ -47,6 +48,7 @@ impl Resolver {
         keyring: Arc<KeyringHandle>,
         cache: Arc<SealedCache>,
         usage: Arc<UsageTracker>,
+        accounting: Accounting,
     ) -> Result<Self> {
         let generation = tokens.change_generation().await?;
         Ok(Self {
@@ -55,6 +57,7 @@ impl Resolver {
             keyring,
             cache,
             usage,
+            accounting,
             seen_generation: Arc::new(generation.into()),
         })
     }
@@ -63,6 +66,24 @@ impl Resolver {
     /// `require_binding` (bindings-only mode) a binding must also name the
     /// caller, and a missing token is refused like an unbound one.
     pub async fn resolve(
+        &self,
+        name: &TokenName,
+        caller: &str,
+        require_binding: bool,
+    ) -> Result<SecretValue> {
+        // Nothing leaves that the audit trail could not account for.
+        if !self.accounting.health.accepting() {
+            return Err(Error::audit_unavailable());
+        }
+        let value = self.open_row(name, caller, require_binding).await?;
+        if let Some(sink) = &self.accounting.per_call {
+            sink.write_resolve(name, caller, micros(std::time::SystemTime::now()));
+        }
+        Ok(value)
+    }
+
+    /// The resolve itself: the cached row, else the store's.
+    async fn open_row(
         &self,
         name: &TokenName,
         caller: &str,
@@ -202,11 +223,11 @@ fn open_for(
 ) -> Result<SecretValue> {
     let now_us = micros(std::time::SystemTime::now());
     if require_binding && !row.binds(caller) {
-        usage.denied(row.uid(), caller, now_us);
+        usage.denied(row.uid(), name, caller, now_us);
         return Err(Error::PermissionDenied);
     }
     if row.disabled() {
-        usage.denied(row.uid(), caller, now_us);
+        usage.denied(row.uid(), name, caller, now_us);
         return Err(Error::FailedPrecondition {
             reason: "TOKEN_DISABLED",
             message: "the token is disabled; an admin can enable it again",
@@ -226,6 +247,10 @@ fn open_for(
         zeroize::Zeroize::zeroize(&mut e.into_bytes());
         Error::DataLoss
     })?;
-    usage.resolved(row.uid(), caller, now_us, row.replaced());
-    Ok(SecretValue::new(text))
+    let value = SecretValue::new(text);
+    if !usage.resolved(row.uid(), name, caller, now_us, row.replaced()) {
+        // It could not be counted, so it does not leave (zeroized on drop).
+        return Err(Error::audit_unavailable());
+    }
+    Ok(value)
 }

@@ -15,27 +15,43 @@ struct Fixture {
     store: Arc<MemoryStore>,
     domain: Domain,
     audit: Arc<AuditQueue>,
+    health: Arc<AuditHealth>,
+    chain: Arc<crate::crypto::chain::ChainKey>,
     admin: Actor,
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(Duration::from_secs(600)).await
+}
+
+/// A fixture whose audit trail may go `bound` without a write.
+async fn fixture_with(bound: Duration) -> Fixture {
     let store = Arc::new(MemoryStore::new());
     let root = RootKey::from_encoded(&[7; 32]).expect("root key");
     let (keyring, records) = Keyring::create(&root).expect("keyring");
     store.init_keyring(records).await.expect("init");
+    let chain = Arc::new(keyring.chain_key().expect("a new keyring has an audit key"));
+    store.use_chain_key(chain.clone());
     let keyring = Arc::new(KeyringHandle::new(root, keyring));
     let audit = Arc::new(AuditQueue::default());
+    let health = Arc::new(AuditHealth::new(audit.clone(), bound));
+    let accounting = Accounting {
+        health: health.clone(),
+        per_call: None,
+    };
     let settings = TokenSettings {
         recent_window: Duration::from_secs(60),
         ..TokenSettings::default()
     };
-    let domain = Domain::new(store.clone(), keyring, audit.clone(), settings)
+    let domain = Domain::new(store.clone(), keyring, audit.clone(), accounting, settings)
         .await
         .expect("domain");
     Fixture {
         store,
         domain,
         audit,
+        health,
+        chain,
         admin: Actor {
             identity: "spiffe://t/admin".into(),
             peer: "test".into(),
@@ -327,10 +343,165 @@ async fn every_change_is_audited_in_its_transaction_and_decisions_are_queued() {
             .event(None, "x", crate::model::Outcome::Allowed, "read"),
     );
     f.domain.flusher.flush().await.expect("flush");
-    let verdict = crate::audit::verify_chain(&*f.store).await.expect("verify");
-    assert_eq!(verdict, crate::audit::AuditVerdict::Intact { records: 2 });
+    let verdict = crate::audit::verify_chain(&*f.store, &f.chain, &[])
+        .await
+        .expect("verify");
+    assert_eq!(
+        verdict,
+        crate::audit::AuditVerdict::Intact {
+            records: 2,
+            checkpoints: 0
+        }
+    );
     assert_eq!(
         f.store.chain_head().await.expect("head").map(|h| h.0),
         Some(2)
     );
+}
+
+#[tokio::test]
+async fn every_allowed_resolve_is_accounted_for_in_the_trail() {
+    let f = fixture().await;
+    f.create("a", "v", "").await;
+    f.create("b", "v", "").await;
+    for (id, caller, times) in [
+        ("a", AGENT, 5),
+        ("a", "spiffe://t/other", 3),
+        ("b", AGENT, 2),
+    ] {
+        for _ in 0..times {
+            f.domain
+                .resolver
+                .resolve(&name(id), caller, false)
+                .await
+                .expect("resolve");
+        }
+    }
+    f.domain.flusher.flush().await.expect("flush");
+    let events = f
+        .store
+        .list_audit(&AuditFilter::default(), 0, 100)
+        .await
+        .expect("audit");
+    let resolved: Vec<_> = events
+        .iter()
+        .filter(|r| r.event.method.ends_with("/ResolveToken"))
+        .map(|r| {
+            (
+                r.event.resource.as_str(),
+                r.event.actor.as_str(),
+                r.event.count,
+            )
+        })
+        .collect();
+    assert_eq!(
+        resolved.len(),
+        3,
+        "one aggregate per (token, caller): {resolved:?}"
+    );
+    assert_eq!(
+        resolved.iter().map(|r| r.2).sum::<i64>(),
+        10,
+        "exactly the resolves made"
+    );
+    assert!(resolved.contains(&("tenants/acme/tokens/a", "spiffe://t/other", 3)));
+    let a = events
+        .iter()
+        .find(|r| r.event.resource.ends_with("/a") && r.event.actor == AGENT)
+        .expect("a by the agent");
+    assert!(a.event.first_time <= a.event.time);
+    assert_eq!(a.event.tenant.as_deref(), Some("acme"));
+}
+
+#[tokio::test]
+async fn values_stop_leaving_while_the_trail_cannot_be_written() {
+    let f = fixture_with(Duration::from_millis(300)).await;
+    f.create("t", "v", "").await;
+    f.domain.flusher.flush().await.expect("flush");
+    assert_eq!(f.resolve("t").await.expect("healthy"), "v");
+    f.store.fail_writes(true);
+    let started = std::time::Instant::now();
+    let refused = loop {
+        let _ = f.domain.flusher.flush().await;
+        match f.resolve("t").await {
+            Err(e) => break e,
+            Ok(_) => assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "still resolving 10 s after writes stopped"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        matches!(
+            refused,
+            Error::Unavailable {
+                reason: "AUDIT_UNAVAILABLE",
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    assert!(!f.health.accepting());
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "not before the bound"
+    );
+    // Writes come back: the next flush writes everything held, and values
+    // leave again, every one of them accounted for.
+    f.store.fail_writes(false);
+    f.domain.flusher.flush().await.expect("flush");
+    assert_eq!(f.resolve("t").await.expect("recovered"), "v");
+    f.domain.flusher.flush().await.expect("flush");
+    let counted: i64 = f
+        .store
+        .list_audit(&AuditFilter::default(), 0, 1000)
+        .await
+        .expect("audit")
+        .iter()
+        .filter(|r| r.event.method.ends_with("/ResolveToken"))
+        .map(|r| r.event.count)
+        .sum();
+    let made = f
+        .domain
+        .lifecycle
+        .get(&name("t"))
+        .await
+        .expect("get")
+        .resolve_count;
+    assert_eq!(
+        counted, made,
+        "the trail accounts for exactly the resolves made"
+    );
+}
+
+#[tokio::test]
+async fn without_its_chain_key_the_store_audits_nothing_and_changes_nothing() {
+    let store = MemoryStore::new();
+    let root = RootKey::from_encoded(&[9; 32]).expect("root key");
+    let (_, records) = Keyring::create(&root).expect("keyring");
+    store
+        .init_keyring(records)
+        .await
+        .expect("no events: no key needed");
+    let record = crate::model::TokenRecord::new(
+        crate::model::TokenUid::generate().expect("uid"),
+        name("t"),
+        "t".into(),
+        crate::model::now(),
+    );
+    let sealed = crate::model::SealedValue {
+        kek_version: 1,
+        wrapped_data_key: vec![1],
+        value_ciphertext: vec![2],
+    };
+    let event = Actor {
+        identity: "x".into(),
+        peer: "y".into(),
+        method: "z",
+    }
+    .event(None, "t", crate::model::Outcome::Allowed, "created");
+    let refused = store.insert(record, sealed, None, vec![event]).await;
+    assert!(matches!(refused, Err(Error::Internal(_))), "{refused:?}");
+    assert_eq!(store.count().await.expect("count"), 0);
 }

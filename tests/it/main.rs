@@ -2,6 +2,7 @@
 //!
 //! One test binary with modules (it builds much faster than many binaries).
 
+mod accounting;
 mod admin;
 mod audit;
 mod bad_input;
@@ -27,4 +28,5 @@ mod shutdown;
 mod soak;
 mod store;
 mod tamper;
+mod trail;
 mod validation;

@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use aitokens::{
     Error,
-    audit::AuditQueue,
-    crypto::{Keyring, KeyringHandle, RootKey, envelope::Envelope},
+    audit::{AuditHealth, AuditQueue},
+    crypto::{Keyring, RootKey, RootMaterial, envelope::Envelope},
     model::{Actor, PageCursor, SealedValue, SecretValue, TenantId, TokenId, TokenName, TokenUid},
-    store::{KeyringStore, SqliteStore},
-    tokens::{Domain, NewToken, TokenSettings},
+    rotation::{Legacy, Missing, unlock},
+    store::SqliteStore,
+    tokens::{Accounting, Domain, NewToken, TokenSettings},
 };
 use proptest::prelude::*;
 
@@ -202,13 +203,20 @@ proptest! {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).expect("store"));
         let root = RootKey::create_file(&dir.path().join("k")).expect("root key");
-        let (keyring, records) = Keyring::create(&root).expect("keyring");
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        runtime.block_on(store.init_keyring(records)).expect("init");
-        let handle = Arc::new(KeyringHandle::new(root, keyring));
+        let material = RootMaterial::Key(root, None);
+        let handle = Arc::new(
+            runtime
+                .block_on(unlock(&*store, material, Missing::Create, Legacy::Refuse))
+                .expect("keyring"),
+        );
         let audit = Arc::new(AuditQueue::default());
+        let accounting = Accounting {
+            health: Arc::new(AuditHealth::new(audit.clone(), std::time::Duration::from_secs(600))),
+            per_call: None,
+        };
         let domain = runtime
-            .block_on(Domain::new(store, handle, audit, TokenSettings::default()))
+            .block_on(Domain::new(store, handle, audit, accounting, TokenSettings::default()))
             .expect("domain");
         let actor = Actor {
             identity: "spiffe://test/admin".into(),

@@ -113,16 +113,69 @@ pub enum KeysCommand {
 /// `aitokens audit` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the audit log's hash chain: exits 0 if every record is in place
-    /// and unaltered, 1 naming the first record where the chain breaks.
+    /// Check the audit chain under its key: exits 0 if every record is in
+    /// place and unaltered and every checkpoint of the anchor matches; 1
+    /// naming the first record where it breaks.
     Verify {
-        /// The database file (no key is needed).
-        #[arg(long, conflicts_with = "config", required_unless_present = "config")]
-        db: Option<PathBuf>,
-        /// Or the server config file, to use its database.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
+        /// Where the trail is and how to open its key.
+        #[command(flatten)]
+        source: TrailArgs,
+        /// An anchor file of checkpoints to hold the trail against [default:
+        /// the config's `[audit] anchor`, if any].
+        #[arg(long, value_name = "FILE")]
+        anchor: Option<PathBuf>,
     },
+    /// Write every record of the trail, with its links, as JSON lines (for
+    /// retention elsewhere, before a prune). Reads only.
+    Export {
+        /// Where the trail is and how to open its key.
+        #[command(flatten)]
+        source: TrailArgs,
+        /// The file to write (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Key a trail written before audit chains were keyed: check every old
+    /// link, give the keyring its audit key (sealed under the root key) and
+    /// re-link the trail under it. Refuses a trail that does not verify.
+    Upgrade {
+        /// The server config file (its database and root key).
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Delete the records up to and including a sequence, keeping a MAC'd
+    /// base so that what remains still verifies. Verifies the whole trail
+    /// first and refuses a broken one. Export first: what is pruned is gone.
+    Prune {
+        /// Where the trail is and how to open its key.
+        #[command(flatten)]
+        source: TrailArgs,
+        /// The last record to delete.
+        #[arg(long, value_name = "SEQUENCE")]
+        through_seq: i64,
+    },
+}
+
+/// Which trail an `audit` command reads, and the root key that opens its
+/// chain key: a server config, or a database file and a key source.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("trail").required(true).args(["config", "db"])))]
+pub struct TrailArgs {
+    /// The server config file (its database, root key and anchor).
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Or a database file...
+    #[arg(long, value_name = "FILE", requires = "trail_key")]
+    db: Option<PathBuf>,
+    /// ...with its root key file...
+    #[arg(long, value_name = "FILE", group = "trail_key")]
+    key_file: Option<PathBuf>,
+    /// ...or a file whose first line is its passphrase...
+    #[arg(long, value_name = "FILE", group = "trail_key")]
+    passphrase_file: Option<PathBuf>,
+    /// ...or its passphrase on the first line of standard input.
+    #[arg(long, group = "trail_key")]
+    passphrase_stdin: bool,
 }
 
 /// Runs an offline command; prints errors and maps them to exit code 1.
@@ -187,8 +240,11 @@ async fn run_keys(command: KeysCommand) -> Result<()> {
 /// An audit event for a command run on this machine.
 pub fn cli_event(command: &'static str, resource: &str, reason: String) -> AuditEvent {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let now = SystemTime::now();
     AuditEvent {
-        time: SystemTime::now(),
+        time: now,
+        first_time: now,
+        count: 1,
         actor: format!("cli:{user}"),
         peer: "local".into(),
         method: command.into(),

@@ -6,7 +6,7 @@ use crate::{
     config::Config,
     crypto::KeySource,
     error::{Error, Result},
-    rotation::{KeyRotation, Missing, unlock},
+    rotation::{KeyRotation, Legacy, Missing, unlock},
     store::{SharedStore, SqliteStore},
 };
 
@@ -21,13 +21,19 @@ pub struct Offline {
 impl Offline {
     /// Opens `database` and unseals its keyring with `source`.
     pub async fn open(database: &Path, source: &KeySource) -> Result<Self> {
+        Self::open_with(database, source, Legacy::Refuse).await
+    }
+
+    /// Like [`Offline::open`], doing what `legacy` says with an audit trail
+    /// written before chains were keyed.
+    pub async fn open_with(database: &Path, source: &KeySource, legacy: Legacy) -> Result<Self> {
         let material = source.load()?;
         let path = database.to_owned();
         let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
             .await
             .map_err(|e| Error::Internal(format!("opening the database: {e}")))??;
         let store: SharedStore = Arc::new(store);
-        let handle = unlock(&*store, material, Missing::Refuse).await?;
+        let handle = unlock(&*store, material, Missing::Refuse, legacy).await?;
         let keys = KeyRotation::new(store.clone(), Arc::new(handle));
         Ok(Self { store, keys })
     }

@@ -179,7 +179,7 @@ impl UsageStore for MemoryStore {
                 .usage
                 .by_uid
                 .iter()
-                .map(|(uid, id, s)| (*uid, id, s))
+                .map(|d| (d.uid, &d.caller, &d.stats))
                 .chain(by_name)
                 .map(|(uid, id, s)| (uid, id.clone(), *s))
                 .collect();
@@ -201,6 +201,10 @@ impl UsageStore for MemoryStore {
 
 #[async_trait]
 impl AuditLog for MemoryStore {
+    fn use_chain_key(&self, key: Arc<ChainKey>) {
+        *self.chain.write().unwrap_or_else(|p| p.into_inner()) = Some(key);
+    }
+
     async fn list_audit(
         &self,
         filter: &AuditFilter,
@@ -236,20 +240,51 @@ impl AuditLog for MemoryStore {
     async fn chain_links(&self, after_seq: i64, limit: usize) -> Result<Vec<ChainLink>> {
         let state = self.state();
         Ok(state
-            .clone_all()
             .audit
-            .into_iter()
+            .iter()
             .filter(|l| l.record.seq > after_seq)
             .take(limit)
+            .cloned()
             .collect())
     }
 
     async fn chain_head(&self) -> Result<Option<(i64, Vec<u8>)>> {
-        Ok(self
-            .state()
-            .audit
-            .last()
-            .map(|l| (l.record.seq, l.hash.clone())))
+        let state = self.state();
+        Ok(match (state.audit.last(), &state.base) {
+            (Some(l), _) => Some((l.record.seq, l.hash.clone())),
+            (None, Some(base)) => Some((base.seq, base.head.clone())),
+            (None, None) => None,
+        })
+    }
+
+    async fn chain_base(&self) -> Result<Option<super::super::Checkpoint>> {
+        Ok(self.state().base.clone())
+    }
+
+    async fn relink(&self) -> Result<i64> {
+        // This store has only ever linked under a key.
+        Ok(0)
+    }
+
+    async fn prune(&self, base: super::super::Checkpoint) -> Result<usize> {
+        self.write(|state| {
+            let held = state
+                .audit
+                .iter()
+                .find(|l| l.record.seq == base.seq)
+                .map(|l| l.hash.clone());
+            if held.as_deref() != Some(base.head.as_slice()) {
+                return Err(Error::invalid(
+                    "through_seq",
+                    "must name a record in the trail, whose link the checkpoint holds",
+                ));
+            }
+            let before = state.audit.len();
+            state.audit.retain(|l| l.record.seq > base.seq);
+            let deleted = before - state.audit.len();
+            state.base = Some(base);
+            Ok((deleted, Vec::new()))
+        })
     }
 }
 
@@ -347,6 +382,22 @@ impl KeyringStore for MemoryStore {
                 state.generation += 1;
             }
             Ok((batch, Vec::new()))
+        })
+    }
+
+    async fn add_audit_key(&self, expected: KeyringRecords, sealed: Vec<u8>) -> Result<()> {
+        self.write(|state| {
+            keyring_unchanged(state, &expected)?;
+            let keyring = state.keyring.as_mut().ok_or(Error::NotFound("keyring"))?;
+            if keyring.sealed_audit_key.is_some() {
+                return Err(Error::FailedPrecondition {
+                    reason: "KEYRING_CHANGED",
+                    message: "the keyring changed meanwhile (another rotation or rekey); check `aitokens keys status` and retry",
+                    violations: Vec::new(),
+                });
+            }
+            keyring.sealed_audit_key = Some(sealed);
+            Ok(((), Vec::new()))
         })
     }
 

@@ -7,14 +7,15 @@ use async_trait::async_trait;
 
 use super::{SqliteStore, audit, backup, bindings, keyring, tokens, truncate_wal, usage};
 use crate::{
+    crypto::chain::ChainKey,
     error::Result,
     model::{
         AuditRecord, BindingId, BindingRecord, KeyringRecords, SealedToken, SealedValue, TenantId,
         TokenId, TokenName, TokenRecord, TokenUid, UsageStats,
     },
     store::{
-        AuditFilter, AuditLog, BindingStore, ChainLink, KeyringStore, Maintenance, Pending,
-        RemovalContext, RemoveFn, RewrapBatch, RewrapFn, TokenStore, Unflushed, UpdateFn,
+        AuditFilter, AuditLog, BindingStore, ChainLink, Checkpoint, KeyringStore, Maintenance,
+        Pending, RemovalContext, RemoveFn, RewrapBatch, RewrapFn, TokenStore, Unflushed, UpdateFn,
         UsageStore,
     },
 };
@@ -179,6 +180,10 @@ impl UsageStore for SqliteStore {
 
 #[async_trait]
 impl AuditLog for SqliteStore {
+    fn use_chain_key(&self, key: Arc<ChainKey>) {
+        *self.inner.chain.write().unwrap_or_else(|p| p.into_inner()) = Some(key);
+    }
+
     async fn list_audit(
         &self,
         filter: &AuditFilter,
@@ -197,6 +202,24 @@ impl AuditLog for SqliteStore {
 
     async fn chain_head(&self) -> Result<Option<(i64, Vec<u8>)>> {
         self.read(audit::head).await
+    }
+
+    async fn chain_base(&self) -> Result<Option<Checkpoint>> {
+        self.read(audit::base).await
+    }
+
+    async fn relink(&self) -> Result<i64> {
+        let key = self
+            .inner
+            .chain_key()
+            .ok_or_else(|| crate::Error::Internal("the audit chain key is not loaded".into()))?;
+        self.write(move |tx| Ok((audit::relink(tx, &key)?, Vec::new())))
+            .await
+    }
+
+    async fn prune(&self, base: Checkpoint) -> Result<usize> {
+        self.write(move |tx| Ok((audit::prune(tx, &base)?, Vec::new())))
+            .await
     }
 }
 
@@ -239,6 +262,14 @@ impl KeyringStore for SqliteStore {
         self.write(move |tx| {
             let batch = keyring::rewrap_batch(tx, current, after_seq, limit, &mut rewrap)?;
             Ok((batch, Vec::new()))
+        })
+        .await
+    }
+
+    async fn add_audit_key(&self, expected: KeyringRecords, sealed: Vec<u8>) -> Result<()> {
+        self.write(move |tx| {
+            keyring::add_audit_key(tx, &expected, &sealed)?;
+            Ok(((), Vec::new()))
         })
         .await
     }

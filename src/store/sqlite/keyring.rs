@@ -10,33 +10,28 @@ use crate::{
 
 pub(super) fn read(conn: &Connection) -> Result<Option<KeyringRecords>> {
     type Row = (
-        Vec<u8>,
-        Vec<u8>,
-        u32,
+        (Vec<u8>, Vec<u8>, u32),
+        (Option<Vec<u8>>, Option<u32>, Option<u32>, Option<u32>),
         Option<Vec<u8>>,
-        Option<u32>,
-        Option<u32>,
-        Option<u32>,
     );
     let row: Option<Row> = conn
         .query_row(
-            "SELECT deployment_id, key_check, current_version, kdf_salt, kdf_m_kib, kdf_t, kdf_p
+            "SELECT deployment_id, key_check, current_version, kdf_salt, kdf_m_kib, kdf_t, kdf_p,
+                    audit_key
              FROM keyring WHERE id = 1",
             [],
             |r| {
                 Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
+                    (r.get(0)?, r.get(1)?, r.get(2)?),
+                    (r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?),
+                    r.get(7)?,
                 ))
             },
         )
         .optional()?;
-    let Some((deployment_id, key_check, current_version, salt, m_kib, t, p)) = row else {
+    let Some(((deployment_id, key_check, current_version), (salt, m_kib, t, p), sealed_audit_key)) =
+        row
+    else {
         return Ok(None);
     };
     let kdf = match (salt, m_kib, t, p) {
@@ -58,6 +53,7 @@ pub(super) fn read(conn: &Connection) -> Result<Option<KeyringRecords>> {
         current_version,
         sealed_keks,
         kdf,
+        sealed_audit_key,
     }))
 }
 
@@ -65,8 +61,8 @@ pub(super) fn init(tx: &Transaction<'_>, records: &KeyringRecords) -> Result<()>
     let kdf = records.kdf.as_ref();
     tx.execute(
         "INSERT INTO keyring (id, deployment_id, key_check, current_version,
-                              kdf_salt, kdf_m_kib, kdf_t, kdf_p)
-         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                              kdf_salt, kdf_m_kib, kdf_t, kdf_p, audit_key)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             records.deployment_id,
             records.key_check,
@@ -75,6 +71,7 @@ pub(super) fn init(tx: &Transaction<'_>, records: &KeyringRecords) -> Result<()>
             kdf.map(|k| k.m_kib),
             kdf.map(|k| k.t),
             kdf.map(|k| k.p),
+            records.sealed_audit_key,
         ],
     )
     .map_err(|e| match e.sqlite_error_code() {
@@ -204,7 +201,8 @@ pub(super) fn replace(
     let kdf = records.kdf.as_ref();
     tx.execute(
         "UPDATE keyring SET key_check = ?1, current_version = ?2,
-                kdf_salt = ?3, kdf_m_kib = ?4, kdf_t = ?5, kdf_p = ?6 WHERE id = 1",
+                kdf_salt = ?3, kdf_m_kib = ?4, kdf_t = ?5, kdf_p = ?6, audit_key = ?7
+         WHERE id = 1",
         params![
             records.key_check,
             records.current_version,
@@ -212,6 +210,7 @@ pub(super) fn replace(
             kdf.map(|k| k.m_kib),
             kdf.map(|k| k.t),
             kdf.map(|k| k.p),
+            records.sealed_audit_key,
         ],
     )?;
     for (version, sealed) in &records.sealed_keks {
@@ -226,6 +225,31 @@ pub(super) fn replace(
         }
     }
     Ok(())
+}
+
+/// Stores the audit key of a keyring that has none.
+pub(super) fn add_audit_key(
+    tx: &Transaction<'_>,
+    expected: &KeyringRecords,
+    sealed: &[u8],
+) -> Result<()> {
+    ensure_unchanged(tx, expected)?;
+    let changed = tx.execute(
+        "UPDATE keyring SET audit_key = ?1 WHERE id = 1 AND audit_key IS NULL",
+        params![sealed],
+    )?;
+    if changed != 1 {
+        return Err(keyring_changed());
+    }
+    Ok(())
+}
+
+fn keyring_changed() -> Error {
+    Error::FailedPrecondition {
+        reason: "KEYRING_CHANGED",
+        message: "the keyring changed meanwhile (another rotation or rekey); check `aitokens keys status` and retry",
+        violations: Vec::new(),
+    }
 }
 
 /// Compare-and-swap guard for keyring changes: the stored key check,
@@ -245,11 +269,7 @@ fn ensure_unchanged(tx: &Transaction<'_>, expected: &KeyringRecords) -> Result<(
         || current != expected.current_version
         || versions != expected.versions()
     {
-        return Err(Error::FailedPrecondition {
-            reason: "KEYRING_CHANGED",
-            message: "the keyring changed meanwhile (another rotation or rekey); check `aitokens keys status` and retry",
-            violations: Vec::new(),
-        });
+        return Err(keyring_changed());
     }
     Ok(())
 }

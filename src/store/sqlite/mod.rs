@@ -16,7 +16,7 @@ use std::{
     fs,
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, RwLock},
     thread,
     time::Duration,
 };
@@ -28,6 +28,7 @@ use schema::MIGRATIONS;
 
 use super::AuditMirror;
 use crate::{
+    crypto::chain::ChainKey,
     error::{Error, Result},
     model::AuditEvent,
 };
@@ -62,6 +63,8 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     mirror: Option<Arc<dyn AuditMirror>>,
+    /// The key audit records are linked under (see [`AuditLog::use_chain_key`]).
+    chain: RwLock<Option<Arc<ChainKey>>>,
     /// `None` for a store opened read-only (verification, backups).
     writer: Option<Mutex<Connection>>,
 }
@@ -121,6 +124,7 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 mirror: None,
+                chain: RwLock::new(None),
                 writer: writer.map(Mutex::new),
             }),
             readers: ReadPool::new(connections)?,
@@ -174,7 +178,7 @@ impl SqliteStore {
             // by another process sharing the file (the CLI beside a server).
             let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
             let (value, events) = work(&tx)?;
-            let records = audit::append(&tx, &events)?;
+            let records = audit::append(&tx, inner.chain_key().as_deref(), &events)?;
             tx.commit()?;
             if let Some(mirror) = &inner.mirror
                 && !records.is_empty()
@@ -188,6 +192,10 @@ impl SqliteStore {
 }
 
 impl Inner {
+    fn chain_key(&self) -> Option<Arc<ChainKey>> {
+        self.chain.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn writer(&self) -> Result<MutexGuard<'_, Connection>> {
         let writer = self
             .writer

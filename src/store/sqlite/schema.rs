@@ -101,4 +101,20 @@ pub const MIGRATIONS: &[&str] = &[
          BEGIN UPDATE token_changes SET generation = generation + 1 WHERE id = 1; END;
      CREATE TRIGGER binding_changes_on_delete AFTER DELETE ON bindings
          BEGIN UPDATE token_changes SET generation = generation + 1 WHERE id = 1; END;",
+    // 5: keyed audit chains. The keyring keeps the audit key (sealed under
+    // the root key); records carry how many events they account for and the
+    // first time they cover; after a prune, audit_base holds the record the
+    // remaining chain starts after, with a MAC under the chain's checkpoint
+    // key. Links written before this migration are unkeyed until a server
+    // holding the root key re-links them.
+    "ALTER TABLE keyring ADD COLUMN audit_key BLOB;
+     ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
+     ALTER TABLE audit ADD COLUMN first_us INTEGER;
+     CREATE TABLE audit_base (
+         id      INTEGER PRIMARY KEY CHECK (id = 1),
+         seq     INTEGER NOT NULL,
+         hash    BLOB    NOT NULL,
+         time_us INTEGER NOT NULL,
+         mac     BLOB    NOT NULL
+     );",
 ];

@@ -58,7 +58,12 @@ async fn flushed_usage_adds_to_what_is_stored() {
     };
     let batch = |uid: TokenUid, stats: UsageStats| Pending {
         usage: UsageBatch {
-            by_uid: vec![(uid, "spiffe://a".to_owned(), stats)],
+            by_uid: vec![crate::model::UsageDelta {
+                uid,
+                token: TokenName::parse("tenants/acme/tokens/t", "name").expect("name"),
+                caller: "spiffe://a".to_owned(),
+                stats,
+            }],
             by_name: Vec::new(),
         },
         events: Vec::new(),
@@ -110,6 +115,7 @@ async fn reopening_keeps_the_schema_version_and_read_only_writes_nothing() {
             current_version: 1,
             sealed_keks: Vec::new(),
             kdf: None,
+            sealed_audit_key: None,
         })
         .await
         .expect_err("a read-only store refuses writes");

@@ -71,7 +71,7 @@ pub(super) fn add(tx: &Transaction<'_>, batch: &UsageBatch) -> Result<()> {
     let all = batch
         .by_uid
         .iter()
-        .map(|(uid, id, s)| (*uid, id, s))
+        .map(|d| (d.uid, &d.caller, &d.stats))
         .chain(by_name);
     for (uid, identity, delta) in all {
         add.execute(params![

@@ -1,22 +1,29 @@
 //! Observed usage: who resolved which token, kept in memory on the hot path
-//! and written in batches by the [`Flusher`]; read back, merged with what is
-//! stored, by [`UsageReports`].
+//! and written in batches by the [`Flusher`] (as usage counters and as the
+//! audit trail's aggregate records of allowed resolves); read back, merged
+//! with what is stored, by [`UsageReports`].
 //!
-//! Recording an allowed resolve is a sharded map update: no I/O, no await, no
-//! allocation once a (token, caller) pair has been seen.
+//! Recording a resolve is a sharded map update: no I/O, no await, no
+//! allocation once a (token, caller) pair has been seen. Memory is bounded:
+//! past [`MAX_PENDING_PAIRS`] unwritten pairs (the store has been refusing
+//! writes), a resolve by a new pair cannot be accounted and is refused;
+//! refusals decided before any lookup are counted in a bounded map and what
+//! does not fit is counted as dropped.
 
 use std::{
     collections::HashMap,
     sync::{
         Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
 };
 
 pub use flush::{FlushGate, Flusher};
 pub use report::UsageReports;
 
-use crate::model::{TokenName, TokenRecord, TokenUid, UsageBatch, UsageStats, from_micros};
+use crate::model::{
+    TokenName, TokenRecord, TokenUid, UsageBatch, UsageDelta, UsageStats, from_micros,
+};
 
 mod flush;
 mod report;
@@ -30,33 +37,47 @@ type FastHash = foldhash::fast::RandomState;
 /// with many tokens resolved between two flushes (100,000 in the
 /// benchmark's catalog phase) a map per token cost four times the memory.
 type Callers = Vec<(String, UsageStats)>;
-type UidMap = HashMap<TokenUid, Callers, FastHash>;
+type UidMap = HashMap<TokenUid, (TokenName, Callers), FastHash>;
 
 /// Pending (token, caller) pairs above which the flusher is asked to write
 /// early: keeps memory flat when many distinct tokens are resolved between
 /// two timed flushes (about 2.5 MB at this size).
 pub const FLUSH_EARLY_AT: usize = 10_000;
+/// Most unwritten (token, caller) pairs held: about 25 MB. A resolve that
+/// would add another is refused, since it could not be accounted for.
+pub const MAX_PENDING_PAIRS: usize = 100_000;
+/// Most (name, caller) pairs of refusals decided before any lookup held
+/// between writes; more are counted as dropped (each refusal is also an
+/// audit event of its own).
+pub const MAX_DENIED_BY_NAME: usize = 10_000;
 
 /// In-memory usage counters.
 #[derive(Debug)]
 pub struct UsageTracker {
-    enabled: bool,
     shards: Vec<Mutex<UidMap>>,
     by_name: Mutex<HashMap<(TokenName, String), UsageStats>>,
-    /// (token, caller) pairs added since the last drain.
+    /// (token, caller) pairs held now.
     pairs: AtomicUsize,
+    /// Refusals by name that did not fit, since start.
+    dropped: AtomicU64,
     /// Woken when `pairs` reaches [`FLUSH_EARLY_AT`].
     full: tokio::sync::Notify,
 }
 
+impl Default for UsageTracker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl UsageTracker {
-    /// A tracker; a disabled one records nothing (for measuring its cost).
-    pub fn new(enabled: bool) -> Self {
+    /// An empty tracker.
+    pub fn new() -> Self {
         Self {
-            enabled,
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             by_name: Mutex::default(),
             pairs: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
             full: tokio::sync::Notify::new(),
         }
     }
@@ -66,50 +87,76 @@ impl UsageTracker {
         self.shards[index].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn update(&self, uid: &TokenUid, identity: &str, f: impl FnOnce(&mut UsageStats)) {
-        if !self.enabled {
-            return;
-        }
+    /// Applies `f` to the counters of (`uid`, `identity`); false when the
+    /// pair is new and no room is left (nothing was recorded).
+    fn update(
+        &self,
+        uid: &TokenUid,
+        name: &TokenName,
+        identity: &str,
+        f: impl FnOnce(&mut UsageStats),
+    ) -> bool {
         let mut shard = self.shard(uid);
-        let callers = shard.entry(*uid).or_default();
-        match callers.iter_mut().find(|(id, _)| id == identity) {
-            Some((_, stats)) => f(stats),
-            None => {
-                let mut stats = UsageStats::default();
-                f(&mut stats);
-                callers.push((identity.to_owned(), stats));
-                if self.pairs.fetch_add(1, Ordering::Relaxed) + 1 == FLUSH_EARLY_AT {
-                    self.full.notify_one();
-                }
-            }
+        if let Some((_, callers)) = shard.get_mut(uid)
+            && let Some((_, stats)) = callers.iter_mut().find(|(id, _)| id == identity)
+        {
+            f(stats);
+            return true;
         }
+        if self.pairs.load(Ordering::Relaxed) >= MAX_PENDING_PAIRS {
+            return false;
+        }
+        let mut stats = UsageStats::default();
+        f(&mut stats);
+        let (_, callers) = shard
+            .entry(*uid)
+            .or_insert_with(|| (name.clone(), Vec::new()));
+        callers.push((identity.to_owned(), stats));
+        if self.pairs.fetch_add(1, Ordering::Relaxed) + 1 == FLUSH_EARLY_AT {
+            self.full.notify_one();
+        }
+        true
     }
 
-    /// An allowed resolve of token `uid` by `identity`.
-    pub fn resolved(&self, uid: &TokenUid, identity: &str, now_us: i64, superseded: bool) {
-        self.update(uid, identity, |s| s.resolved(now_us, superseded));
+    /// An allowed resolve of token `uid` (named `name`) by `identity`;
+    /// false when it could not be accounted for (no room: refuse it).
+    #[must_use]
+    pub fn resolved(
+        &self,
+        uid: &TokenUid,
+        name: &TokenName,
+        identity: &str,
+        now_us: i64,
+        superseded: bool,
+    ) -> bool {
+        self.update(uid, name, identity, |s| s.resolved(now_us, superseded))
     }
 
     /// A refused resolve of a token that was found (e.g. disabled).
-    pub fn denied(&self, uid: &TokenUid, identity: &str, now_us: i64) {
-        self.update(uid, identity, |s| s.denied(now_us));
+    pub fn denied(&self, uid: &TokenUid, name: &TokenName, identity: &str, now_us: i64) {
+        if !self.update(uid, name, identity, |s| s.denied(now_us)) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A refused resolve decided before the token was looked up.
     pub fn denied_by_name(&self, name: &TokenName, identity: &str, now_us: i64) {
-        if !self.enabled {
+        let mut map = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (name.clone(), identity.to_owned());
+        if map.len() >= MAX_DENIED_BY_NAME && !map.contains_key(&key) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let mut map = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry((name.clone(), identity.to_owned()))
-            .or_default()
-            .denied(now_us);
+        map.entry(key).or_default().denied(now_us);
     }
 
     /// Pending (not yet written) counters of one token, per caller.
     pub fn pending(&self, uid: &TokenUid) -> Vec<(String, UsageStats)> {
         let shard = self.shard(uid);
-        shard.get(uid).cloned().unwrap_or_default()
+        shard
+            .get(uid)
+            .map(|(_, callers)| callers.clone())
+            .unwrap_or_default()
     }
 
     /// Adds the pending (not yet written) resolves of `record`'s token to
@@ -123,6 +170,16 @@ impl UsageTracker {
         }
     }
 
+    /// Unwritten pairs held now.
+    pub fn pending_pairs(&self) -> usize {
+        self.pairs.load(Ordering::Relaxed)
+    }
+
+    /// Counters that did not fit and were dropped, since start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
     /// Completes once `FLUSH_EARLY_AT` pairs are pending (or were, since
     /// the last call).
     pub async fn filled(&self) {
@@ -131,14 +188,19 @@ impl UsageTracker {
 
     /// Takes every pending counter for a batch write.
     pub fn drain(&self) -> UsageBatch {
-        self.pairs.store(0, Ordering::Relaxed);
         let mut batch = UsageBatch::default();
         for shard in &self.shards {
             let taken = std::mem::take(&mut *shard.lock().unwrap_or_else(|p| p.into_inner()));
-            for (uid, callers) in taken {
+            for (uid, (token, callers)) in taken {
+                self.pairs.fetch_sub(callers.len(), Ordering::Relaxed);
                 batch
                     .by_uid
-                    .extend(callers.into_iter().map(|(id, s)| (uid, id, s)));
+                    .extend(callers.into_iter().map(|(caller, stats)| UsageDelta {
+                        uid,
+                        token: token.clone(),
+                        caller,
+                        stats,
+                    }));
             }
         }
         let taken = std::mem::take(&mut *self.by_name.lock().unwrap_or_else(|p| p.into_inner()));
@@ -149,14 +211,20 @@ impl UsageTracker {
         batch
     }
 
-    /// Puts a batch back after a failed write, so nothing is lost.
+    /// Puts a batch back after a failed write, so nothing is lost (it may
+    /// take the pairs above the bound: they were counted already).
     pub fn restore(&self, batch: UsageBatch) {
-        for (uid, identity, stats) in batch.by_uid {
-            let mut shard = self.shard(&uid);
-            let callers = shard.entry(uid).or_default();
-            match callers.iter_mut().find(|(id, _)| *id == identity) {
-                Some((_, mine)) => mine.merge(&stats),
-                None => callers.push((identity, stats)),
+        for delta in batch.by_uid {
+            let mut shard = self.shard(&delta.uid);
+            let (_, callers) = shard
+                .entry(delta.uid)
+                .or_insert_with(|| (delta.token, Vec::new()));
+            match callers.iter_mut().find(|(id, _)| *id == delta.caller) {
+                Some((_, mine)) => mine.merge(&delta.stats),
+                None => {
+                    callers.push((delta.caller, delta.stats));
+                    self.pairs.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         let mut map = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
@@ -167,38 +235,4 @@ impl UsageTracker {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_merge_and_survive_a_failed_flush() {
-        let tracker = UsageTracker::new(true);
-        let uid = TokenUid::generate().expect("uid");
-        tracker.resolved(&uid, "spiffe://a", 10, false);
-        tracker.resolved(&uid, "spiffe://a", 30, true);
-        tracker.resolved(&uid, "spiffe://b", 20, false);
-        tracker.denied(&uid, "spiffe://c", 25);
-        let batch = tracker.drain();
-        assert_eq!(batch.by_uid.len(), 3);
-        assert!(tracker.drain().is_empty());
-        tracker.restore(batch);
-        tracker.resolved(&uid, "spiffe://a", 5, false);
-        let mut pending = tracker.pending(&uid);
-        pending.sort_by(|x, y| x.0.cmp(&y.0));
-        let a = pending[0].1;
-        assert_eq!(
-            (a.first_resolve_us, a.last_resolve_us, a.resolve_count),
-            (Some(5), Some(30), 3)
-        );
-        assert_eq!((a.superseded_count, a.last_superseded_us), (1, Some(30)));
-        assert_eq!(pending[2].1.denied_count, 1);
-    }
-
-    #[test]
-    fn a_disabled_tracker_records_nothing() {
-        let tracker = UsageTracker::new(false);
-        let uid = TokenUid::generate().expect("uid");
-        tracker.resolved(&uid, "x", 1, false);
-        assert!(tracker.drain().is_empty());
-    }
-}
+mod tests;
