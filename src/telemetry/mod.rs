@@ -175,8 +175,9 @@ impl Telemetry {
         let handshake_failures = Family::<HandshakeLabels, Counter>::default();
         registry.register(
             "tls_handshake_failures",
-            "TLS handshakes refused or timed out, by listener and reason \
-             (revoked, revocation_status, unknown_issuer, no_client_certificate, ...)",
+            "TLS handshakes refused, timed out or dropped, by listener and reason \
+             (revoked, revocation_status, unknown_issuer, no_client_certificate, validity, \
+             invalid_purpose, client_hello_timeout, handshake_timeout, evicted, ...)",
             handshake_failures.clone(),
         );
         registry.register(
