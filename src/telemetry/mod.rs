@@ -36,7 +36,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-pub use self::http::{HEALTH_PATH, METRICS_PATH, READY_PATH, serve_http};
+pub use self::http::{
+    HEADER_READ_TIMEOUT, HEALTH_PATH, MAX_CONNECTION_AGE, MAX_HTTP_CONNECTIONS, METRICS_PATH,
+    READY_PATH, serve_http,
+};
 pub use layer::{GrpcLayer, GrpcService, REQUEST_ID_HEADER};
 
 /// Labels of a gRPC call counter.
@@ -93,6 +96,7 @@ struct Inner {
     usage_flush_failures: Counter,
     tls_reloads: Family<ReloadLabels, Counter>,
     handshake_failures: Family<HandshakeLabels, Counter>,
+    http_refused: Counter,
     ready: AtomicBool,
     gauge_source: OnceLock<GaugeSource>,
 }
@@ -180,6 +184,13 @@ impl Telemetry {
              invalid_purpose, client_hello_timeout, handshake_timeout, evicted, ...)",
             handshake_failures.clone(),
         );
+        let http_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "Connections to this metrics listener closed unserved because it had \
+             the most open connections it serves at once",
+            http_refused.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -199,6 +210,7 @@ impl Telemetry {
                 usage_flush_failures,
                 tls_reloads,
                 handshake_failures,
+                http_refused,
                 ready: AtomicBool::new(false),
                 gauge_source: OnceLock::new(),
             }),
@@ -261,6 +273,11 @@ impl Telemetry {
             .handshake_failures
             .get_or_create(&HandshakeLabels { listener, reason })
             .inc();
+    }
+
+    /// Counts a metrics-listener connection closed unserved (at the cap).
+    fn http_connection_refused(&self) {
+        self.inner.http_refused.inc();
     }
 
     /// Records one finished gRPC call.

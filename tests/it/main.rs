@@ -25,6 +25,7 @@ mod reload;
 mod root_key;
 mod rotation;
 mod shutdown;
+mod slowloris;
 mod soak;
 mod store;
 mod tamper;
