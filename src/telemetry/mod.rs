@@ -70,6 +70,12 @@ struct ReloadLabels {
     result: &'static str,
 }
 
+/// Labels of a policy reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
 /// Labels of a failed TLS handshake.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandshakeLabels {
@@ -95,6 +101,7 @@ struct Inner {
     audit_failures: Counter,
     usage_flush_failures: Counter,
     tls_reloads: Family<ReloadLabels, Counter>,
+    policy_reloads: Family<ResultLabels, Counter>,
     handshake_failures: Family<HandshakeLabels, Counter>,
     http_refused: Counter,
     ready: AtomicBool,
@@ -176,6 +183,12 @@ impl Telemetry {
             "TLS material reloads by listener and result (ok, or error: the old material stays)",
             tls_reloads.clone(),
         );
+        let policy_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Policy reloads (file changed, or SIGHUP) by result (ok, or error: the old policy stays)",
+            policy_reloads.clone(),
+        );
         let handshake_failures = Family::<HandshakeLabels, Counter>::default();
         registry.register(
             "tls_handshake_failures",
@@ -209,6 +222,7 @@ impl Telemetry {
                 audit_failures,
                 usage_flush_failures,
                 tls_reloads,
+                policy_reloads,
                 handshake_failures,
                 http_refused,
                 ready: AtomicBool::new(false),
@@ -264,6 +278,15 @@ impl Telemetry {
         self.inner
             .tls_reloads
             .get_or_create(&ReloadLabels { listener, result })
+            .inc();
+    }
+
+    /// Counts a policy reload that succeeded (`ok`) or kept the old policy.
+    pub fn policy_reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.inner
+            .policy_reloads
+            .get_or_create(&ResultLabels { result })
             .inc();
     }
 

@@ -485,3 +485,25 @@ pub async fn audited(server: &TestServer, method: &str, actor: &str) -> Vec<(Str
     events.into_iter().map(|e| (e.outcome, e.reason)).collect()
 }
 
+/// Waits (at most 15 s) until `telemetry` counted at least `at_least` policy
+/// reloads with `result` (`ok`, or `error` for a rejected file); returns
+/// the count.
+pub async fn policy_reloads_reach(telemetry: &Telemetry, result: &str, at_least: u64) -> u64 {
+    let line = format!("aitokens_policy_reloads_total{{result=\"{result}\"}} ");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = telemetry.render();
+        let count = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&line)?.parse().ok())
+            .unwrap_or(0);
+        if count >= at_least {
+            return count;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{at_least} policy reloads with result {result} not counted within 15 s (got {count})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

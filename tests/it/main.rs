@@ -17,6 +17,7 @@ mod leak;
 mod lifecycle;
 mod mtls;
 mod observability;
+mod policy_reload;
 mod process;
 mod props;
 mod races;
