@@ -81,7 +81,7 @@ async fn a_handshake_flood_does_not_keep_valid_clients_out() {
     for (what, slowest) in [("idle", idle), ("byte-a-second", dribblers)] {
         assert!(
             slowest <= CLIENT_HELLO_TIMEOUT + SLACK,
-            "{what} connections were still open {slowest:?} after they connected \
+            "{what} connections were still open {slowest:?} after they began to connect \
              (ClientHello deadline {CLIENT_HELLO_TIMEOUT:?})"
         );
     }
@@ -213,6 +213,7 @@ async fn open(to: SocketAddr) -> Flood {
         socket
             .bind(SocketAddr::from(([127, 0, 0, source], 0)))
             .expect("bind a loopback source address");
+        let opened = Instant::now();
         let Ok(Ok(stream)) = tokio::time::timeout(CONNECT_WAIT, socket.connect(to)).await else {
             break;
         };
@@ -222,7 +223,7 @@ async fn open(to: SocketAddr) -> Flood {
         } else {
             &mut flood.idle
         };
-        watchers.spawn(watch(stream, Instant::now(), dribble));
+        watchers.spawn(watch(stream, opened, dribble));
     }
     flood
 }

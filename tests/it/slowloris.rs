@@ -70,8 +70,10 @@ async fn slowloris_connections_are_closed_while_probes_are_answered() {
 
     let mut loris = JoinSet::new();
     for _ in 0..SLOWLORIS {
+        // Timed from before the connect, so never after the server's clock.
+        let opened = Instant::now();
         let stream = TcpStream::connect(http.addr).await.expect("connect");
-        loris.spawn(trickle(stream, Instant::now()));
+        loris.spawn(trickle(stream, opened));
     }
     // A new client meanwhile: answered, although 50 connections are stuck
     // in their headers.
@@ -91,7 +93,7 @@ async fn slowloris_connections_are_closed_while_probes_are_answered() {
     let (first, last) = (closed[0], closed[closed.len() - 1]);
     println!(
         "slowloris: {} of {SLOWLORIS} connections closed by the server, between {first:?} and \
-         {last:?} after they connected (header-read timeout {HEADER_READ_TIMEOUT:?}); \
+         {last:?} after they began to connect (header-read timeout {HEADER_READ_TIMEOUT:?}); \
          /healthz meanwhile answered in {healthz:?}",
         closed.len()
     );
