@@ -13,7 +13,8 @@ use aitokens::api::pb::{
 };
 use tonic::{Code, transport::Channel};
 
-use crate::common::{Setup, TestServer, assert_status, create_request, policy_reloads_reach};
+use crate::common::{Setup, TestServer, assert_status, create_request};
+use crate::refusal::policy_reloads_reach;
 
 /// Every audit event of `parent` (optionally of one method), all pages.
 pub async fn events(

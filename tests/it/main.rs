@@ -22,6 +22,7 @@ mod process;
 mod props;
 mod races;
 mod readme;
+mod refusal;
 mod reload;
 mod root_key;
 mod rotation;

@@ -22,9 +22,9 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::common::{
-    Setup, TestServer, assert_handshake_failed, assert_refused_by, audited, create_request,
-    handshake_failures, identity,
+use crate::{
+    common::{Setup, TestPki, TestServer, create_request, identity},
+    refusal::{assert_handshake_failed, assert_refused_by, audited, handshake_failures},
 };
 
 const NAME: &str = "tenants/acme/tokens/openai";
@@ -215,31 +215,15 @@ async fn identities_come_from_exactly_one_uri_san_never_the_cn() {
     let denied = (DENIED.0.to_owned(), DENIED.1.to_owned());
     assert_eq!(audited(&server, RESOLVE, stranger).await, vec![denied]);
 
-    let mut two = CertificateParams::default();
-    two.subject_alt_names = vec![
-        SanType::URI(AGENT_IDENTITY.try_into().expect("uri")),
-        SanType::URI("spiffe://aitokens.dev/other".try_into().expect("uri")),
-    ];
-    two.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let status = resolve_with(&server, Some(identity(&pki.ca.issue(two).expect("issue"))))
-        .await
-        .expect_err("two URI SANs");
-    assert_refused_by(&status, Code::Unauthenticated, "NO_USABLE_IDENTITY");
-
-    // A CN that spells an allowed identity grants nothing.
-    let mut cn_only = CertificateParams::default();
-    cn_only
-        .distinguished_name
-        .push(DnType::CommonName, AGENT_IDENTITY);
-    cn_only.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let status = resolve_with(
-        &server,
-        Some(identity(&pki.ca.issue(cn_only).expect("issue"))),
-    )
-    .await
-    .expect_err("CN only");
-    assert_refused_by(&status, Code::Unauthenticated, "NO_USABLE_IDENTITY");
-    // Both audited without an identity.
+    // Two URI SANs, or only a CN that spells an allowed identity: no
+    // identity at all, audited as such.
+    for params in [two_uri_sans(), cn_only()] {
+        let who = identity(&pki.ca.issue(params).expect("issue"));
+        let status = resolve_with(&server, Some(who))
+            .await
+            .expect_err("no usable identity");
+        assert_refused_by(&status, Code::Unauthenticated, "NO_USABLE_IDENTITY");
+    }
     let no_identity = (NO_IDENTITY.0.to_owned(), NO_IDENTITY.1.to_owned());
     assert_eq!(
         audited(&server, RESOLVE, "(none)").await,
@@ -289,8 +273,10 @@ async fn both_listeners_serve_health() {
     }
 }
 
-#[tokio::test]
-async fn policy_scopes_admins_to_tenants_and_resolvers_to_patterns() {
+/// A server whose policy scopes an admin to one tenant and the agent to
+/// one tenant's `openai-*` tokens, with tokens in and out of those scopes;
+/// and the test PKI that can issue the tenant admin's certificate.
+async fn scoped_server() -> (TestServer, TestPki) {
     let setup = Setup::new().policy(
         r#"
         [[admin]]
@@ -320,7 +306,18 @@ async fn policy_scopes_admins_to_tenants_and_resolvers_to_patterns() {
             .await
             .expect("create");
     }
+    (server, pki)
+}
 
+/// How many of `records` are policy denials.
+fn policy_denials(records: Vec<(String, String)>) -> usize {
+    let denied = (DENIED.0.to_owned(), DENIED.1.to_owned());
+    records.into_iter().filter(|r| *r == denied).count()
+}
+
+#[tokio::test]
+async fn policy_scopes_resolvers_to_tenants_and_token_patterns() {
+    let (server, _pki) = scoped_server().await;
     let resolve = |name: &'static str| {
         let server = &server;
         async move {
@@ -355,15 +352,15 @@ async fn policy_scopes_admins_to_tenants_and_resolvers_to_patterns() {
             assert_refused_by(&status, Code::PermissionDenied, "POLICY_DENIED");
         }
     }
-    let policy_denials = |records: Vec<(String, String)>| {
-        let denied = (DENIED.0.to_owned(), DENIED.1.to_owned());
-        records.into_iter().filter(|r| *r == denied).count()
-    };
     assert_eq!(
         policy_denials(audited(&server, RESOLVE, AGENT_IDENTITY).await),
         2
     );
+}
 
+#[tokio::test]
+async fn policy_scopes_admins_to_their_tenants() {
+    let (server, pki) = scoped_server().await;
     let channel = server
         .channel(
             server.admin_addr,
@@ -403,6 +400,27 @@ async fn policy_scopes_admins_to_tenants_and_resolvers_to_patterns() {
     let get = "aitokens.v1.TokenAdmin/GetToken";
     assert_eq!(policy_denials(audited(&server, LIST, acme_admin).await), 1);
     assert_eq!(policy_denials(audited(&server, get, acme_admin).await), 2);
+}
+
+/// A client certificate naming the agent and another identity in URI SANs.
+fn two_uri_sans() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![
+        SanType::URI(AGENT_IDENTITY.try_into().expect("uri")),
+        SanType::URI("spiffe://aitokens.dev/other".try_into().expect("uri")),
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params
+}
+
+/// A client certificate with no SAN, whose CN spells the agent identity.
+fn cn_only() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, AGENT_IDENTITY);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params
 }
 
 /// A client certificate for `uri` with the given validity.

@@ -13,9 +13,10 @@ use aitokens::{api::pb::ResolveTokenRequest, config::MetricsConfig, dev};
 use tonic::Code;
 
 use crate::{
-    common::{assert_refused_by, create_request},
+    common::create_request,
     observability::get,
     process::{DataDir, Serve},
+    refusal::assert_refused_by,
 };
 
 /// Admins only: the agent may resolve nothing.
@@ -29,16 +30,8 @@ const RELOAD_WAIT: Duration = Duration::from_secs(15);
 
 #[tokio::test]
 async fn sighup_reloads_the_policy_of_the_binary() {
-    let mut data = DataDir::new();
-    data.config.metrics = Some(MetricsConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-    });
-    let config = toml::to_string(&data.config).expect("toml");
-    std::fs::write(&data.config_path, config).expect("write config");
+    let (data, serve, metrics) = serve_with_metrics(ADMINS_ONLY);
     let policy = data.config.policy.clone();
-    std::fs::write(&policy, ADMINS_ONLY).expect("write policy");
-    let serve = Serve::start(&data, "info", "serve.log");
-    let metrics = metrics_addr(&serve);
     serve
         .admin(&data)
         .await
@@ -91,6 +84,21 @@ async fn sighup_reloads_the_policy_of_the_binary() {
         logs.contains("policy not reloaded; the previous policy stays in force"),
         "the rejection was logged"
     );
+}
+
+/// `aitokens serve` over a fresh data folder with `policy`, and the
+/// address of its metrics listener.
+fn serve_with_metrics(policy: &str) -> (DataDir, Serve, SocketAddr) {
+    let mut data = DataDir::new();
+    data.config.metrics = Some(MetricsConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+    });
+    let config = toml::to_string(&data.config).expect("toml");
+    std::fs::write(&data.config_path, config).expect("write config");
+    std::fs::write(&data.config.policy, policy).expect("write policy");
+    let serve = Serve::start(&data, "info", "serve.log");
+    let metrics = metrics_addr(&serve);
+    (data, serve, metrics)
 }
 
 /// The metrics address `serve` logged in its "serving" line.

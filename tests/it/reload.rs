@@ -25,10 +25,9 @@ use tonic::transport::Identity;
 
 use crate::{
     binary,
-    common::{
-        Setup, TestServer, assert_handshake_failed, create_request, handshake_failures, identity,
-    },
+    common::{Setup, TestServer, create_request, identity},
     observability::{get, get_metrics_sample},
+    refusal::{assert_handshake_failed, handshake_failures},
 };
 
 /// Longest a test waits for a file change to take effect (the servers here
@@ -133,6 +132,7 @@ where
     }
 }
 
+// One scenario whose steps build on each other: kept whole to read in order.
 #[tokio::test]
 async fn crl_updates_bite_on_new_connections_and_keep_existing_ones() {
     let mut setup = Setup::new();
@@ -211,6 +211,7 @@ async fn crl_updates_bite_on_new_connections_and_keep_existing_ones() {
     .await;
 }
 
+// One scenario whose steps build on each other: kept whole to read in order.
 #[tokio::test]
 async fn server_certificate_and_client_ca_reload_from_files() {
     let mut setup = Setup::new();
