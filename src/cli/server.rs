@@ -17,7 +17,7 @@ use crate::{
     crypto::KeySource,
     dev,
     rotation::Legacy,
-    server::Server,
+    server::{Server, tls},
     telemetry::{Telemetry, serve_http},
 };
 
@@ -148,7 +148,7 @@ async fn run_server(
         )));
     }
     let server = Server::open_with(config, telemetry, source, legacy).await?;
-    let (admin, internal) = bind(config).await?;
+    let (admin, internal) = bind(config)?;
     let shutdown = shutdown_signal()?;
     announce(local_addr(&admin)?, local_addr(&internal)?, metrics_addr)?;
     let served = server.serve(admin, internal, shutdown).await;
@@ -163,15 +163,13 @@ async fn run_server(
     served
 }
 
-async fn bind(config: &Config) -> Result<(TcpListener, TcpListener)> {
-    let bind_one = |what: &'static str, addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|e| Error::config(format!("{what} listener {addr}: {e}")))
+fn bind(config: &Config) -> Result<(TcpListener, TcpListener)> {
+    let bind_one = |what: &'static str, addr: SocketAddr| {
+        tls::bind_listener(addr).map_err(|e| Error::config(format!("{what} listener {addr}: {e}")))
     };
     Ok((
-        bind_one("admin", config.admin.listen).await?,
-        bind_one("internal", config.internal.listen).await?,
+        bind_one("admin", config.admin.listen)?,
+        bind_one("internal", config.internal.listen)?,
     ))
 }
 

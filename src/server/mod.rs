@@ -79,6 +79,9 @@ pub struct Server {
     /// SIGHUP, registered when the server opens: from then on a SIGHUP
     /// reloads TLS material (and the policy) instead of ending the process.
     hangup: Option<tasks::Hangup>,
+    /// SIGHUP for the policy reloader, registered at the same time (so a
+    /// SIGHUP right after start-up is not missed).
+    policy_hangup: Option<tasks::Hangup>,
     /// Serve the benchmark's Echo RPC on the internal listener.
     echo: bool,
     /// Writes the audit chain's checkpoints outside the database.
@@ -177,6 +180,7 @@ impl Server {
             internal_tls: loaded.internal_tls,
             tls_reload_interval: Duration::from_secs(config.tls_reload_interval_secs.max(1)),
             hangup: register_hangup(),
+            policy_hangup: register_hangup(),
             echo: config.bench.echo,
             checkpoints,
             checkpoint_interval: Duration::from_secs(config.audit.checkpoint_interval_secs),
@@ -201,7 +205,8 @@ impl Server {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
-        let background = self.spawn_tasks(&stop_rx);
+        let policy_hangup = self.policy_hangup.take();
+        let background = self.spawn_tasks(&stop_rx, policy_hangup);
         let hangup = self.hangup.take();
         let served = self.serve_listeners(admin, internal, stop_rx, hangup).await;
         for task in background {
@@ -224,7 +229,11 @@ impl Server {
         served.and(flushed)
     }
 
-    fn spawn_tasks(&self, stop: &watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+    fn spawn_tasks(
+        &self,
+        stop: &watch::Receiver<bool>,
+        policy_hangup: Option<tasks::Hangup>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         let resolver = self.domain.resolver.clone();
         tokio::spawn(tasks::warm_resolve_cache(resolver.clone()));
         vec![
@@ -250,6 +259,8 @@ impl Server {
             tokio::spawn(tasks::reload_policy(
                 self.policy.clone(),
                 self.policy_path.clone(),
+                policy_hangup,
+                self.telemetry.clone(),
                 stop.clone(),
             )),
         ]

@@ -254,21 +254,19 @@ pub(super) async fn reload_tls(
     }
 }
 
-/// Reloads the policy on SIGHUP or when its file changes. An invalid new
-/// file keeps the old policy in force and says why in the log. Requests in
+/// Reloads the policy on SIGHUP (`signal`) or when its file changes. An
+/// invalid new file keeps the old policy in force and says why in the log;
+/// `aitokens_policy_reloads_total{result}` counts both outcomes. Requests in
 /// flight keep the policy they started with; connections are not touched.
 pub(super) async fn reload_policy(
     policy: Arc<PolicyHandle>,
     path: PathBuf,
+    mut signal: Option<Hangup>,
+    telemetry: Telemetry,
     mut stop: watch::Receiver<bool>,
 ) {
     let fingerprint = |path: &Path| std::fs::read(path).ok();
     let mut seen = fingerprint(&path);
-    #[cfg(unix)]
-    let mut signal: Option<Hangup> =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    #[cfg(not(unix))]
-    let mut signal: Option<Hangup> = None;
     let mut ticker = tokio::time::interval(POLICY_POLL);
     loop {
         let forced = tokio::select! {
@@ -280,6 +278,9 @@ pub(super) async fn reload_policy(
         if !forced && current == seen {
             continue;
         }
+        if forced {
+            tracing::info!("SIGHUP: reloading the policy");
+        }
         seen = current;
         let loaded = {
             let path = path.clone();
@@ -288,9 +289,11 @@ pub(super) async fn reload_policy(
         match loaded {
             Ok(Ok(new_policy)) => {
                 policy.replace(new_policy);
+                telemetry.policy_reloaded(true);
                 tracing::info!(path = %path.display(), "policy reloaded");
             }
             Ok(Err(e)) => {
+                telemetry.policy_reloaded(false);
                 tracing::error!(error = %e, "policy not reloaded; the previous policy stays in force")
             }
             Err(e) => tracing::error!(error = %e, "policy reload task failed"),

@@ -1,10 +1,16 @@
 //! TLS for the listeners: our own rustls acceptor (rather than tonic's) so
 //! that session resumption is off, client certificates are always required,
-//! revocation lists are enforced (expiry included), and certificates, client
-//! CAs and CRLs reload from their files without dropping connections.
+//! revocation lists are enforced (expiry included), certificates, client
+//! CAs and CRLs reload from their files without dropping connections, and
+//! no number of idle or slow unauthenticated connections can stop the
+//! listener from accepting and completing new handshakes ([`TlsIncoming`]).
+
+mod pending;
+mod stream;
 
 use std::{
     io,
+    net::SocketAddr,
     os::unix::fs::MetadataExt,
     path::Path,
     pin::Pin,
@@ -17,34 +23,57 @@ use rustls::{
     CertificateError, RootCertStore, ServerConfig,
     crypto::CryptoProvider,
     pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, pem::PemObject},
-    server::{NoServerSessionStorage, WebPkiClientVerifier},
+    server::{Acceptor, NoServerSessionStorage, WebPkiClientVerifier},
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
-    sync::mpsc,
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::{mpsc, oneshot},
     task::JoinHandle,
 };
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_rustls::{LazyConfigAcceptor, server::TlsStream};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
-use tonic::transport::server::Connected;
 
+pub use self::stream::PeerStream;
+
+use self::pending::{Evicted, Pending, Ticket};
 use crate::{
     audit::AuditQueue,
     auth::ConnectionPeer,
     config::ListenerConfig,
     error::{Error, Result},
-    model::{Actor, Outcome},
     telemetry::Telemetry,
 };
 
-/// How long a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in flight per listener before new connections wait.
-const HANDSHAKE_QUEUE: usize = 128;
-/// Handshakes running at once per listener; further connections wait in the
-/// kernel's backlog instead of each costing a task for up to the timeout.
-const MAX_HANDSHAKES: usize = 256;
+/// How long a new connection has to deliver its TLS ClientHello. Idle and
+/// trickling connections are dropped after this long.
+pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a client has to finish the whole TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pending handshakes per listener; at this cap a new connection makes the
+/// oldest pending one give way. It also bounds the file descriptors that
+/// unauthenticated connections hold.
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
+/// Pending handshakes per source (an IPv4 address or an IPv6 /64); at this
+/// cap the source's own oldest pending handshake gives way.
+pub const MAX_PENDING_PER_SOURCE: usize = 64;
+/// Established connections waiting for tonic to take them.
+const ESTABLISHED_QUEUE: usize = 128;
+/// The kernel's queue of connections not yet accepted. The accept loop
+/// drains it at once, but a burst larger than the usual 128 would have new
+/// clients' connections dropped (and retried a second or more later).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds a gRPC listener on `addr` (with address reuse, and a backlog that
+/// absorbs bursts of connections).
+pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// The process-wide crypto provider (ring).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -228,8 +257,13 @@ impl TlsMaterial {
 }
 
 /// A stream of established TLS connections for `serve_with_incoming`.
-/// Handshakes run concurrently, each bounded by a timeout, so a slow or
-/// hostile client cannot hold up others. Dropping it stops accepting.
+///
+/// The accept loop never waits for a handshake: each runs in its own task,
+/// with [`CLIENT_HELLO_TIMEOUT`] to receive the ClientHello and
+/// [`HANDSHAKE_TIMEOUT`] for all of it. At most [`MAX_PENDING_HANDSHAKES`]
+/// are pending, [`MAX_PENDING_PER_SOURCE`] of them from one source; at a
+/// cap the oldest pending one is dropped, so idle and slow connections age
+/// out rather than lock new clients out. Dropping it stops accepting.
 pub struct TlsIncoming {
     connections: ReceiverStream<io::Result<PeerStream>>,
     accept_loop: JoinHandle<()>,
@@ -237,34 +271,30 @@ pub struct TlsIncoming {
 
 impl TlsIncoming {
     /// Starts accepting on `listener`, each connection with the material
-    /// current when it arrives.
-    /// Refused and timed-out handshakes are logged and counted in `telemetry`.
-    /// Refusals are also audited (outcome `unauthenticated`) through `audit`.
+    /// current when its ClientHello arrives.
+    /// Refused, timed-out and dropped handshakes are logged and counted in
+    /// `telemetry`, and audited (outcome `unauthenticated`) through `audit`.
     pub fn new(
         listener: TcpListener,
         material: Arc<TlsMaterial>,
         telemetry: Telemetry,
         audit: Arc<AuditQueue>,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(HANDSHAKE_QUEUE);
-        let name = material.name();
-        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+        let (tx, rx) = mpsc::channel(ESTABLISHED_QUEUE);
+        let pending = Pending::new(MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_SOURCE);
         let handshaker = Handshaker {
-            name,
+            material,
             telemetry,
             audit,
             connections: tx,
         };
         let accept_loop = tokio::spawn(async move {
             loop {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    break;
-                };
                 let (tcp, peer) = match listener.accept().await {
                     Ok(conn) => conn,
                     Err(e) => {
                         // Usually EMFILE or a reset before accept: back off briefly.
-                        tracing::warn!(listener = name, error = %e, "accept failed");
+                        tracing::warn!(listener = handshaker.name(), error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -273,8 +303,8 @@ impl TlsIncoming {
                     break;
                 }
                 let _ = tcp.set_nodelay(true);
-                let acceptor = TlsAcceptor::from(material.current());
-                tokio::spawn(handshaker.clone().run(acceptor, tcp, peer, permit));
+                let (ticket, evicted) = pending.admit(peer.ip());
+                tokio::spawn(handshaker.clone().run(tcp, peer, ticket, evicted));
             }
         });
         Self {
@@ -287,7 +317,7 @@ impl TlsIncoming {
 /// What every handshake of one listener shares.
 #[derive(Clone)]
 struct Handshaker {
-    name: &'static str,
+    material: Arc<TlsMaterial>,
     telemetry: Telemetry,
     audit: Arc<AuditQueue>,
     /// Where established connections go.
@@ -295,49 +325,85 @@ struct Handshaker {
 }
 
 impl Handshaker {
-    /// Runs one handshake within the timeout, holding `permit` meanwhile;
-    /// hands an established connection on, or counts and audits a failure.
+    fn name(&self) -> &'static str {
+        self.material.name()
+    }
+
+    /// Runs one handshake until it is established, fails, times out or is
+    /// told to make room (holding its place among the pending ones until
+    /// then); hands an established connection on, or reports the failure.
     async fn run(
         self,
-        acceptor: TlsAcceptor,
         tcp: TcpStream,
-        peer: std::net::SocketAddr,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        peer: SocketAddr,
+        ticket: Ticket,
+        mut evicted: oneshot::Receiver<Evicted>,
     ) {
-        let name = self.name;
-        let outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-        drop(permit);
-        let reason = match outcome {
-            Ok(Ok(stream)) => {
+        let outcome = tokio::select! {
+            biased;
+            Ok(cap) = &mut evicted => {
+                tracing::debug!(listener = self.name(), %peer, ?cap, "pending TLS handshake dropped to make room");
+                Err("evicted")
+            }
+            outcome = self.handshake(tcp, peer) => outcome,
+        };
+        drop(ticket);
+        match outcome {
+            Ok(stream) => {
                 let identity =
                     ConnectionPeer::from_certs(peer, stream.get_ref().1.peer_certificates());
                 let _ = self
                     .connections
                     .send(Ok(PeerStream::new(stream, identity)))
                     .await;
-                return;
             }
-            Ok(Err(e)) => {
-                tracing::info!(listener = name, %peer, error = %e, "TLS handshake refused");
-                refusal_reason(&e)
-            }
+            Err(reason) => self.failed(peer, reason),
+        }
+    }
+
+    /// The handshake: the ClientHello within [`CLIENT_HELLO_TIMEOUT`], the
+    /// rest within [`HANDSHAKE_TIMEOUT`] of the start, with the material
+    /// current when the ClientHello arrived. Fails with the metric reason.
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> std::result::Result<TlsStream<TcpStream>, &'static str> {
+        let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+        let hello = LazyConfigAcceptor::new(Acceptor::default(), tcp);
+        let start = match tokio::time::timeout(CLIENT_HELLO_TIMEOUT, hello).await {
+            Ok(Ok(start)) => start,
+            Ok(Err(e)) => return Err(self.refused(peer, &e)),
             Err(_) => {
-                tracing::info!(listener = name, %peer, "TLS handshake timed out");
-                "timeout"
+                tracing::debug!(listener = self.name(), %peer, "no TLS ClientHello in time");
+                return Err("client_hello_timeout");
             }
         };
+        let rest = start.into_stream(self.material.current());
+        match tokio::time::timeout_at(deadline, rest).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(self.refused(peer, &e)),
+            Err(_) => {
+                tracing::info!(listener = self.name(), %peer, "TLS handshake timed out");
+                Err("handshake_timeout")
+            }
+        }
+    }
+
+    /// Logs a handshake the client or rustls broke off; returns its reason.
+    fn refused(&self, peer: SocketAddr, error: &io::Error) -> &'static str {
+        tracing::info!(listener = self.name(), %peer, error = %error, "TLS handshake refused");
+        refusal_reason(error)
+    }
+
+    /// Counts and audits a handshake that did not complete, for `reason`:
+    /// the one place where handshake failures are audited.
+    fn failed(&self, peer: SocketAddr, reason: &'static str) {
+        let name = self.name();
         self.telemetry.handshake_failed(name, reason);
-        let actor = Actor {
-            identity: "(no verified certificate)".to_owned(),
-            peer: peer.to_string(),
-            method: "tls/handshake",
-        };
-        self.audit.push(actor.event(
-            None,
-            format!("listener/{name}"),
-            Outcome::Unauthenticated,
-            format!("TLS handshake refused: {reason}"),
-        ));
+        // Anonymous input: audited as one summary per listener, source and
+        // reason per write (with a count), never one row per connection.
+        self.audit.handshake_refused(name, peer.ip(), reason);
     }
 }
 
@@ -358,6 +424,9 @@ fn refusal_reason(error: &io::Error) -> &'static str {
             | CertificateError::NotValidYet
             | CertificateError::NotValidYetContext { .. } => "validity",
             CertificateError::UnknownIssuer => "unknown_issuer",
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "invalid_purpose"
+            }
             _ => "invalid_certificate",
         },
         Some(_) => "tls_error",
@@ -376,69 +445,5 @@ impl Stream for TlsIncoming {
 impl Drop for TlsIncoming {
     fn drop(&mut self) {
         self.accept_loop.abort();
-    }
-}
-
-/// An established TLS connection and the peer it was established with,
-/// handed to tonic, which puts the peer into every request's extensions.
-pub struct PeerStream {
-    inner: TlsStream<TcpStream>,
-    peer: Arc<ConnectionPeer>,
-}
-
-impl PeerStream {
-    fn new(inner: TlsStream<TcpStream>, peer: ConnectionPeer) -> Self {
-        Self {
-            inner,
-            peer: Arc::new(peer),
-        }
-    }
-}
-
-impl Connected for PeerStream {
-    type ConnectInfo = Arc<ConnectionPeer>;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.peer.clone()
-    }
-}
-
-impl AsyncRead for PeerStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for PeerStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

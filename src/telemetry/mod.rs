@@ -36,7 +36,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-pub use self::http::{HEALTH_PATH, METRICS_PATH, READY_PATH, serve_http};
+pub use self::http::{
+    HEADER_READ_TIMEOUT, HEALTH_PATH, MAX_CONNECTION_AGE, MAX_HTTP_CONNECTIONS, METRICS_PATH,
+    READY_PATH, serve_http,
+};
 pub use layer::{GrpcLayer, GrpcService, REQUEST_ID_HEADER};
 
 /// Labels of a gRPC call counter.
@@ -64,6 +67,12 @@ struct ReasonLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     listener: &'static str,
+    result: &'static str,
+}
+
+/// Labels of a policy reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
     result: &'static str,
 }
 
@@ -96,7 +105,9 @@ struct Inner {
     handshakes_folded: Counter,
     usage_flush_failures: Counter,
     tls_reloads: Family<ReloadLabels, Counter>,
+    policy_reloads: Family<ResultLabels, Counter>,
     handshake_failures: Family<HandshakeLabels, Counter>,
+    http_refused: Counter,
     ready: AtomicBool,
     gauge_source: OnceLock<GaugeSource>,
 }
@@ -203,12 +214,26 @@ impl Telemetry {
             "TLS material reloads by listener and result (ok, or error: the old material stays)",
             tls_reloads.clone(),
         );
+        let policy_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Policy reloads (file changed, or SIGHUP) by result (ok, or error: the old policy stays)",
+            policy_reloads.clone(),
+        );
         let handshake_failures = Family::<HandshakeLabels, Counter>::default();
         registry.register(
             "tls_handshake_failures",
-            "TLS handshakes refused or timed out, by listener and reason \
-             (revoked, revocation_status, unknown_issuer, no_client_certificate, ...)",
+            "TLS handshakes refused, timed out or dropped, by listener and reason \
+             (revoked, revocation_status, unknown_issuer, no_client_certificate, validity, \
+             invalid_purpose, client_hello_timeout, handshake_timeout, evicted, ...)",
             handshake_failures.clone(),
+        );
+        let http_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "Connections to this metrics listener closed unserved because it had \
+             the most open connections it serves at once",
+            http_refused.clone(),
         );
         registry.register(
             "build",
@@ -232,7 +257,9 @@ impl Telemetry {
                 handshakes_folded,
                 usage_flush_failures,
                 tls_reloads,
+                policy_reloads,
                 handshake_failures,
+                http_refused,
                 ready: AtomicBool::new(false),
                 gauge_source: OnceLock::new(),
             }),
@@ -301,12 +328,26 @@ impl Telemetry {
             .inc();
     }
 
+    /// Counts a policy reload that succeeded (`ok`) or kept the old policy.
+    pub fn policy_reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.inner
+            .policy_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
     /// Counts a TLS handshake on `listener` that failed for `reason`.
     pub fn handshake_failed(&self, listener: &'static str, reason: &'static str) {
         self.inner
             .handshake_failures
             .get_or_create(&HandshakeLabels { listener, reason })
             .inc();
+    }
+
+    /// Counts a metrics-listener connection closed unserved (at the cap).
+    fn http_connection_refused(&self) {
+        self.inner.http_refused.inc();
     }
 
     /// Records one finished gRPC call.

@@ -12,6 +12,7 @@ use aitokens::api::pb::{
 use tonic::{Code, transport::Channel};
 
 use crate::common::{Setup, TestServer, assert_status, create_request};
+use crate::refusal::policy_reloads_reach;
 
 /// Every audit event of `parent` (optionally of one method), all pages.
 pub async fn events(
@@ -168,9 +169,9 @@ async fn policy_reload_grants_and_revokes_without_restart() {
         .await
         .expect("granted after reload");
 
-    // An invalid file keeps the policy in force.
+    // An invalid file keeps the policy in force (once it was rejected).
     std::fs::write(&policy_path, "this is [not toml").expect("break");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    policy_reloads_reach(&server.telemetry, "error", 1).await;
     attempt(&mut resolver)
         .await
         .expect("still granted: the broken file was ignored");
@@ -318,4 +319,61 @@ async fn a_tenant_scoped_admin_cannot_see_or_touch_other_tenants() {
         all.iter()
             .any(|e| e.resource == other && e.outcome == "denied")
     );
+}
+
+#[tokio::test]
+async fn garbage_connections_are_audited_as_a_few_counted_summaries() {
+    let mut setup = Setup::new();
+    setup.config.usage.flush_interval_secs = 1;
+    let server = setup.start().await;
+    let garbage = 200;
+    for _ in 0..garbage {
+        use tokio::io::AsyncWriteExt;
+        let mut socket = tokio::net::TcpStream::connect(server.internal_addr)
+            .await
+            .expect("connect");
+        socket
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("send garbage");
+        let mut reply = Vec::new();
+        // The server closes the connection after its refusal.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            use tokio::io::AsyncReadExt;
+            socket.read_to_end(&mut reply).await
+        })
+        .await
+        .expect("the server closes a garbage connection");
+    }
+    let mut admin = server.admin().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let summaries = loop {
+        let summaries = events(&mut admin, "tenants/-", "tls/handshake").await;
+        let counted: i64 = summaries.iter().map(|e| e.count).sum();
+        if counted >= garbage {
+            break summaries;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {counted} of {garbage} refusals audited after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let counted: i64 = summaries.iter().map(|e| e.count).sum();
+    println!(
+        "{garbage} garbage connections: {} audit rows, counts summing to {counted}",
+        summaries.len()
+    );
+    assert_eq!(counted, garbage, "every refusal is counted exactly once");
+    assert!(
+        summaries.len() <= 40,
+        "one row per source and reason per flush, not per connection: {} rows",
+        summaries.len()
+    );
+    for summary in &summaries {
+        assert_eq!(summary.resource, "listener/internal");
+        assert_eq!(summary.peer, "127.0.0.1");
+        assert!(summary.reason.starts_with("TLS_"), "{}", summary.reason);
+        assert!(summary.count >= 1);
+    }
 }

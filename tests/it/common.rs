@@ -15,11 +15,11 @@ use aitokens::{
     config::Config,
     dev,
     pki::{Ca, Issued},
-    server::Server,
+    server::{Server, tls},
     telemetry::Telemetry,
 };
 use tempfile::TempDir;
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{
     Code, Status,
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
@@ -28,8 +28,8 @@ use tonic::{
 /// Tests that run the `aitokens` binary under trace logging or sustained
 /// load hold this while they run, so that on a 2-core machine they do not
 /// starve each other's servers (a TLS handshake of a trace-logging debug
-/// build under four such neighbours can outlast the server's 10 s
-/// handshake timeout).
+/// build under four such neighbours can outlast the server's handshake
+/// timeout, `aitokens::server::tls::HANDSHAKE_TIMEOUT`).
 pub static HEAVY: std::sync::LazyLock<tokio::sync::Mutex<()>> =
     std::sync::LazyLock::new(|| tokio::sync::Mutex::new(()));
 
@@ -55,10 +55,10 @@ impl TestServer {
     pub async fn start_in(dir: TempDir, config: Config) -> Self {
         let server = Server::open(&config).await.expect("server opens");
         let telemetry = server.telemetry().clone();
-        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-        let internal = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind internal");
+        // Bound as the binary binds them (a backlog that absorbs bursts).
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let admin = tls::bind_listener(any).expect("bind admin");
+        let internal = tls::bind_listener(any).expect("bind internal");
         let admin_addr = admin.local_addr().expect("addr");
         let internal_addr = internal.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -128,6 +128,17 @@ impl TestServer {
         addr: SocketAddr,
         identity: Option<Identity>,
     ) -> Result<Channel, tonic::transport::Error> {
+        self.channel_within(addr, identity, Duration::from_secs(5))
+            .await
+    }
+
+    /// [`TestServer::channel`] with its own connect timeout.
+    pub async fn channel_within(
+        &self,
+        addr: SocketAddr,
+        identity: Option<Identity>,
+        connect_timeout: Duration,
+    ) -> Result<Channel, tonic::transport::Error> {
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(self.read("ca.pem")))
             .domain_name("localhost");
@@ -137,7 +148,7 @@ impl TestServer {
         Channel::from_shared(format!("https://{addr}"))
             .expect("uri")
             .tls_config(tls)?
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(connect_timeout)
             .timeout(Duration::from_secs(30))
             .connect()
             .await

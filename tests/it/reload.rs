@@ -1,6 +1,8 @@
 //! TLS material reloads from its files (and on SIGHUP) without dropping
 //! connections; CRLs bite on every new connection, expired CRLs too; a bad
-//! file keeps the previous material.
+//! file keeps the previous material. Every refusal is asserted for its
+//! cause (the reason the server counted, or the client's), beside clients
+//! that still get in.
 
 use std::{
     path::Path,
@@ -8,7 +10,10 @@ use std::{
 };
 
 use aitokens::{
-    api::pb::{ResolveTokenRequest, token_admin_client::TokenAdminClient},
+    api::pb::{
+        ResolveTokenRequest, token_admin_client::TokenAdminClient,
+        token_resolver_client::TokenResolverClient,
+    },
     dev,
     pki::{Ca, Issued},
 };
@@ -22,6 +27,7 @@ use crate::{
     binary,
     common::{Setup, TestServer, create_request, identity},
     observability::{get, get_metrics_sample},
+    refusal::{assert_handshake_failed, handshake_failures},
 };
 
 /// Longest a test waits for a file change to take effect (the servers here
@@ -68,17 +74,46 @@ fn replace(path: &Path, contents: &str) {
     std::fs::rename(&tmp, path).expect("rename");
 }
 
-/// Whether a fresh connection presenting `who` can resolve a token.
-async fn resolves(server: &TestServer, who: Identity) -> bool {
-    let Ok(channel) = server.channel(server.internal_addr, Some(who)).await else {
-        return false;
+/// A fresh connection presenting `who` resolves a token; the error names
+/// its whole cause chain.
+async fn attempt(server: &TestServer, who: Identity) -> Result<(), String> {
+    let chain = |e: &dyn std::error::Error| {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(cause) = source {
+            text = format!("{text}: {cause}");
+            source = cause.source();
+        }
+        text
     };
-    aitokens::api::pb::token_resolver_client::TokenResolverClient::new(channel)
+    let channel = server
+        .channel(server.internal_addr, Some(who))
+        .await
+        .map_err(|e| chain(&e))?;
+    TokenResolverClient::new(channel)
         .resolve_token(ResolveTokenRequest {
             name: "tenants/acme/tokens/t".into(),
         })
         .await
-        .is_ok()
+        .map(|_| ())
+        .map_err(|status| chain(&status))
+}
+
+/// Whether a fresh connection presenting `who` can resolve a token.
+async fn resolves(server: &TestServer, who: Identity) -> bool {
+    attempt(server, who).await.is_ok()
+}
+
+/// Whether a fresh connection presenting `who` is refused; if it is, asserts
+/// that the internal listener counted exactly that handshake as failed, for
+/// `reason`.
+async fn refused_for(server: &TestServer, who: Identity, reason: &str) -> bool {
+    let before = handshake_failures(&server.telemetry, "internal");
+    if attempt(server, who).await.is_ok() {
+        return false;
+    }
+    assert_handshake_failed(&server.telemetry, "internal", &before, reason).await;
+    true
 }
 
 /// Waits (bounded) until `check` returns `want`.
@@ -97,6 +132,7 @@ where
     }
 }
 
+// One scenario whose steps build on each other: kept whole to read in order.
 #[tokio::test]
 async fn crl_updates_bite_on_new_connections_and_keep_existing_ones() {
     let mut setup = Setup::new();
@@ -119,7 +155,7 @@ async fn crl_updates_bite_on_new_connections_and_keep_existing_ones() {
         .channel(server.internal_addr, Some(identity(&revoked)))
         .await
         .expect("connect");
-    let mut live = aitokens::api::pb::token_resolver_client::TokenResolverClient::new(channel);
+    let mut live = TokenResolverClient::new(channel);
     let request = || ResolveTokenRequest {
         name: "tenants/acme/tokens/t".into(),
     };
@@ -129,8 +165,8 @@ async fn crl_updates_bite_on_new_connections_and_keep_existing_ones() {
     assert!(resolves(&server, identity(&revoked)).await);
 
     replace(&crl_path, &crl(&pki.ca, &[1001], 2020, 2100));
-    until("the revoked certificate is refused", false, || {
-        resolves(&server, identity(&revoked))
+    until("the revoked certificate is refused", true, || {
+        refused_for(&server, identity(&revoked), "revoked")
     })
     .await;
     assert!(
@@ -156,19 +192,26 @@ async fn crl_updates_bite_on_new_connections_and_keep_existing_ones() {
     })
     .await;
     assert!(
-        !resolves(&server, identity(&revoked)).await,
+        refused_for(&server, identity(&revoked), "revoked").await,
         "still revoked"
     );
     assert!(resolves(&server, identity(&spare)).await, "still serving");
 
     // An expired CRL is not trusted: every client certificate is refused.
     replace(&crl_path, &crl(&pki.ca, &[], 2020, 2021));
-    until("an expired CRL refuses everyone", false, || {
+    until("an expired CRL refuses everyone", true, || {
+        refused_for(&server, identity(&spare), "revocation_status")
+    })
+    .await;
+    // A current one lets the unrevoked back in.
+    replace(&crl_path, &crl(&pki.ca, &[1001], 2020, 2100));
+    until("a current CRL is trusted again", true, || {
         resolves(&server, identity(&spare))
     })
     .await;
 }
 
+// One scenario whose steps build on each other: kept whole to read in order.
 #[tokio::test]
 async fn server_certificate_and_client_ca_reload_from_files() {
     let mut setup = Setup::new();
@@ -194,8 +237,15 @@ async fn server_certificate_and_client_ca_reload_from_files() {
     );
     replace(&dir.join("server.key"), &elsewhere.key_pem);
     replace(&dir.join("server.pem"), &elsewhere.cert_pem);
-    until("the new server certificate is served", false, || {
-        resolves(&server, agent())
+    until("the new server certificate is served", true, || async {
+        match attempt(&server, agent()).await {
+            Ok(()) => false,
+            Err(why) => {
+                // The client refuses it for its name, nothing else.
+                assert!(why.contains("not valid for name"), "{why}");
+                true
+            }
+        }
     })
     .await;
     live.resolve_token(ResolveTokenRequest {
@@ -213,7 +263,7 @@ async fn server_certificate_and_client_ca_reload_from_files() {
     // A second client CA: its agents get in once the bundle lists it.
     let other = Ca::generate("second agent CA").expect("ca");
     let other_agent = identity(&other.issue_client(dev::AGENT_IDENTITY).expect("issue"));
-    assert!(!resolves(&server, other_agent.clone()).await);
+    assert!(refused_for(&server, other_agent.clone(), "unknown_issuer").await);
     let bundle = format!("{}{}", pki.ca.cert_pem(), other.cert_pem());
     replace(&dir.join("ca.pem"), &bundle);
     until("the second CA is trusted", true, || {
