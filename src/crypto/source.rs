@@ -23,7 +23,7 @@ pub enum KeySource {
         /// Its value; the variable itself was removed from the environment.
         value: Option<Zeroizing<String>>,
     },
-    /// A passphrase file (its first line).
+    /// A passphrase file (its first line; mode 0600 or stricter).
     PassphraseFile(PathBuf),
     /// A passphrase on standard input (its first line).
     PassphraseStdin,
@@ -72,6 +72,7 @@ impl KeySource {
                 Ok(RootMaterial::Key(key, None))
             }
             Self::PassphraseFile(path) => {
+                super::root_key::check_private(path, "passphrase file")?;
                 let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
                     Error::master_key(format!("passphrase file {}: {e}", path.display()))
                 })?);

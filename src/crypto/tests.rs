@@ -143,6 +143,31 @@ fn key_file_permissions_and_format_are_checked() {
 }
 
 #[test]
+fn a_passphrase_file_open_to_others_is_refused_like_a_key_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("passphrase");
+    std::fs::write(&path, "correct horse\n").expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let source = KeySource::PassphraseFile(path.clone());
+    let Err(err) = source.load() else {
+        panic!("a world-readable passphrase file was read");
+    };
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "passphrase file {0} is readable or writable by group or others (mode 644); \
+             run: chmod 600 {0}",
+            path.display()
+        )
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    match source.load().expect("a private passphrase file is read") {
+        RootMaterial::Passphrase(text) => assert_eq!(text.as_str(), "correct horse"),
+        RootMaterial::Key(..) => panic!("a passphrase file yields a passphrase"),
+    }
+}
+
+#[test]
 fn debug_output_shows_no_key_material() {
     let key = SecretKey::generate().expect("key");
     assert_eq!(format!("{key:?}"), "SecretKey([REDACTED])");
