@@ -98,7 +98,8 @@ pub enum Command {
     /// Values stay encrypted; the root key is not in the copy.
     Backup(BackupArgs),
     /// Replace a database with a backup, after checking that the root key
-    /// opens it and every value in it. Stop the server first.
+    /// opens it and every value in it. Refused while a server holds the
+    /// database: stop it first.
     Restore(RestoreArgs),
     /// Measure ResolveToken against the transport floor (a trivial Echo RPC
     /// over the identical mTLS setup), plus CreateToken, ListTokens depth,

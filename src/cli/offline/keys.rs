@@ -3,7 +3,8 @@
 //!
 //! They can run beside a serving `aitokens serve` on the same database
 //! (SQLite arbitrates; the server picks up keyring changes within one flush
-//! interval), except `rekey`, which wants the server stopped.
+//! interval), except `rekey`, which holds the database alone and is refused
+//! while a server has it open (see [`crate::store::DbLock`]).
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -87,9 +88,10 @@ pub enum NewRoot {
     PassphraseStdin,
 }
 
-/// `aitokens keys rekey`: re-seals the keyring under a new root key.
+/// `aitokens keys rekey`: re-seals the keyring under a new root key,
+/// holding the database alone (refused while a server has it open).
 pub async fn rekey(config: &Config, new_root: NewRoot) -> Result<()> {
-    let offline = Offline::from_config(config).await?;
+    let offline = Offline::from_config_exclusive(config).await?;
     let new_source = match new_root {
         NewRoot::KeyFile(path) if !path.exists() => {
             RootKey::create_file(&path)?;

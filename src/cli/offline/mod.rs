@@ -47,7 +47,7 @@ pub struct BackupArgs {
     out: PathBuf,
 }
 
-/// Options of `aitokens restore`.
+/// Options of `aitokens restore` (refused while a server holds the database).
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// The server config file (root key source; database unless --db).
@@ -91,8 +91,9 @@ pub enum KeysCommand {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Change the root key: re-seal only the keyring, atomically. Stop the
-    /// server first, then point the config at the new key.
+    /// Change the root key: re-seal only the keyring, atomically. Refused
+    /// while a server holds the database; point the config at the new key
+    /// before starting it again.
     #[command(group(ArgGroup::new("new_root").required(true).args(["new_key_file", "new_passphrase_file", "new_passphrase_stdin"])))]
     Rekey {
         /// The server config file (its key source opens the keyring now).
