@@ -88,7 +88,8 @@ pub enum Command {
     /// absent, or a passphrase stretched with Argon2id). Passphrases are
     /// never taken from the command line.
     Init(InitArgs),
-    /// Key lifecycle: status, rotation, destruction of old versions, rekey.
+    /// Key lifecycle: status, rotation, destruction of old versions, rekey,
+    /// and shred (all of them, so that old copies stop opening).
     Keys {
         /// What to do with the keys.
         #[command(subcommand)]

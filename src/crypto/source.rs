@@ -130,6 +130,24 @@ impl RootMaterial {
         }
     }
 
+    /// Whether this key or passphrase opens the stored keyring `records`
+    /// (its key check). A "new" root key that does is not new: whatever the
+    /// old one opens, it opens too. Derives a passphrase key with the stored
+    /// parameters, so it blocks like [`RootMaterial::unlock`].
+    pub fn opens(&self, records: &KeyringRecords) -> Result<bool> {
+        let derived;
+        let root = match (self, &records.kdf) {
+            (Self::Key(key, _), None) => key,
+            (Self::Passphrase(passphrase), Some(params)) => {
+                params.check()?;
+                derived = RootKey::from_passphrase(passphrase.as_bytes(), params)?;
+                &derived
+            }
+            (Self::Key(..), Some(_)) | (Self::Passphrase(_), None) => return Ok(false),
+        };
+        Ok(super::Keyring::open(root, records).is_ok())
+    }
+
     /// The root key for a new keyring, and the KDF parameters to store with
     /// it when it comes from a passphrase.
     pub fn fresh(self) -> Result<(RootKey, Option<KdfParams>)> {

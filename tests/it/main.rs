@@ -23,6 +23,7 @@ mod readme;
 mod reload;
 mod root_key;
 mod rotation;
+mod shred;
 mod shutdown;
 mod soak;
 mod store;
