@@ -12,6 +12,7 @@ mod cli;
 mod common;
 mod crash;
 mod deploy;
+mod identity;
 mod leak;
 mod lifecycle;
 mod mtls;
