@@ -12,6 +12,7 @@ mod cli;
 mod common;
 mod crash;
 mod deploy;
+mod dev;
 mod identity;
 mod leak;
 mod lifecycle;
