@@ -9,6 +9,7 @@ mod bench;
 mod binary;
 mod cache;
 mod cli;
+mod cli_safety;
 mod common;
 mod crash;
 mod deploy;
