@@ -14,6 +14,7 @@ mod connect;
 mod lifecycle;
 mod offline;
 mod output;
+mod printable;
 mod profile;
 mod report;
 mod server;

@@ -175,7 +175,8 @@ pub async fn run(command: OfflineCommand) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("aitokens: error: {e}");
+            let shown = e.to_string();
+            eprintln!("aitokens: error: {}", super::printable::printable(&shown));
             ExitCode::FAILURE
         }
     }
