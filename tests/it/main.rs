@@ -17,6 +17,7 @@ mod dev;
 mod identity;
 mod leak;
 mod lifecycle;
+mod limits;
 mod mtls;
 mod observability;
 mod process;
