@@ -202,8 +202,10 @@ impl Server {
 
     fn spawn_tasks(&self, stop: &watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
         let resolver = self.domain.resolver.clone();
-        tokio::spawn(tasks::warm_resolve_cache(resolver.clone()));
         vec![
+            // Joined like the others: a stop ends a warm-up still running,
+            // so that the store (and its database lock) is let go at once.
+            tokio::spawn(tasks::warm_resolve_cache(resolver.clone())),
             tokio::spawn(tasks::flush_periodically(
                 self.domain.flusher.clone(),
                 self.telemetry.clone(),
