@@ -53,15 +53,20 @@ async fn resolve_as(server: &TestServer, cert: &Issued) -> Result<String, Status
         .map(|r| r.get_ref().value.clone())
 }
 
-/// The refusal's code, message and ErrorInfo reason.
-fn refusal(status: &Status) -> (Code, &str, String) {
+/// How `cert` is refused: the code, message and ErrorInfo reason.
+async fn refusal(server: &TestServer, cert: &Issued) -> (Code, String, String) {
+    let status = resolve_as(server, cert).await.expect_err("refused");
     let reason = status
         .get_error_details()
         .error_info()
         .expect("ErrorInfo")
         .reason
         .clone();
-    (status.code(), status.message(), reason)
+    (status.code(), status.message().to_owned(), reason)
+}
+
+fn expected(code: Code, message: &str, reason: &str) -> (Code, String, String) {
+    (code, message.to_owned(), reason.to_owned())
 }
 
 #[tokio::test]
@@ -85,52 +90,31 @@ async fn one_identity_per_certificate_uri_first_then_a_single_dns_san() {
 
     // A URI SAN is the only identity: the granted DNS SAN beside it counts
     // for nothing, and spiffe://t/nobody is granted nothing.
-    let uri_and_dns = issue(
-        &pki,
-        vec![uri("spiffe://t/nobody"), dns("agent.acme.internal")],
-    );
-    let status = resolve_as(&server, &uri_and_dns)
-        .await
-        .expect_err("the URI SAN is the identity");
+    let sans = vec![uri("spiffe://t/nobody"), dns("agent.acme.internal")];
     assert_eq!(
-        refusal(&status),
-        (
-            Code::PermissionDenied,
-            "permission denied",
-            "POLICY_DENIED".to_owned()
-        )
+        refusal(&server, &issue(&pki, sans)).await,
+        expected(Code::PermissionDenied, "permission denied", "POLICY_DENIED")
     );
-
     // No URI SAN and two DNS SANs (the granted one first): no identity.
-    let two_dns = issue(
-        &pki,
-        vec![dns("agent.acme.internal"), dns("other.acme.internal")],
-    );
-    let status = resolve_as(&server, &two_dns)
-        .await
-        .expect_err("two DNS SANs");
+    let sans = vec![dns("agent.acme.internal"), dns("other.acme.internal")];
     assert_eq!(
-        refusal(&status),
-        (
+        refusal(&server, &issue(&pki, sans)).await,
+        expected(
             Code::Unauthenticated,
             "client certificate has no URI SAN and more than one DNS SAN; \
              a DNS identity needs exactly one",
-            "NO_USABLE_IDENTITY".to_owned()
+            "NO_USABLE_IDENTITY"
         )
     );
-
     // A URI SAN spelled like a DNS identity does not pass for one.
-    let dns_scheme = issue(&pki, vec![uri("dns:agent.acme.internal")]);
-    let status = resolve_as(&server, &dns_scheme)
-        .await
-        .expect_err("dns: URI SAN");
+    let sans = vec![uri("dns:agent.acme.internal")];
     assert_eq!(
-        refusal(&status),
-        (
+        refusal(&server, &issue(&pki, sans)).await,
+        expected(
             Code::Unauthenticated,
             "client certificate has a URI SAN in the dns: scheme, which is how DNS \
              identities are spelled; refused",
-            "NO_USABLE_IDENTITY".to_owned()
+            "NO_USABLE_IDENTITY"
         )
     );
 

@@ -4,6 +4,7 @@
 //! it open.
 
 use std::{
+    ffi::OsStr,
     io::Write,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
@@ -104,8 +105,10 @@ async fn open_error(db: &Path, source: KeySource) -> String {
 const KEY_CHECK_FAILED: &str = "the master key does not match this database (key check failed); \
     start with the master key the database was created with";
 
-#[tokio::test]
-async fn after_shred_and_the_old_key_destroyed_an_old_copy_opens_with_no_remaining_key() {
+/// A stopped server's folder after: tokens kept-0.. and `doomed` created,
+/// a copy of the database taken (`old-copy.db`, shown to open with the old
+/// key, the doomed value included), then `doomed` removed.
+async fn copy_then_remove() -> (tempfile::TempDir, Config, PathBuf) {
     let server = TestServer::start().await;
     let mut admin = server.admin().await;
     for i in 0..KEPT {
@@ -120,20 +123,17 @@ async fn after_shred_and_the_old_key_destroyed_an_old_copy_opens_with_no_remaini
         .expect("create doomed");
     drop(admin);
     let (dir, config) = server.stop().await;
-    let db = config.store.database.clone();
-    let old_key = config.store.master_key_file.clone().expect("key file");
     let old_copy = dir.path().join("old-copy.db");
-    copy_database(&db, &old_copy);
-
-    // Control: before shred, the old copy opens with the old key, the
-    // doomed token's value included.
-    let copy = Offline::open(&old_copy, &KeySource::File(old_key.clone()))
+    copy_database(&config.store.database, &old_copy);
+    // Control: the old copy opens with the old key, every value included.
+    let old_key = config.store.master_key_file.clone().expect("key file");
+    let copy = Offline::open(&old_copy, &KeySource::File(old_key))
         .await
         .expect("the old copy opens with the old key");
     assert_eq!(copy.verify_every_value().await.expect("open all"), KEPT + 1);
     drop(copy);
 
-    let server = TestServer::start_in(dir, config.clone()).await;
+    let server = TestServer::start_in(dir, config).await;
     server
         .admin()
         .await
@@ -144,6 +144,33 @@ async fn after_shred_and_the_old_key_destroyed_an_old_copy_opens_with_no_remaini
         .await
         .expect("remove");
     let (dir, config) = server.stop().await;
+    (dir, config, old_copy)
+}
+
+/// Serves the folder with `key`: every kept token resolves to its exact
+/// value, the removed one is NOT_FOUND.
+async fn assert_live_serves(dir: tempfile::TempDir, mut config: Config, key: PathBuf) {
+    config.store.master_key_file = Some(key);
+    let server = TestServer::start_in(dir, config).await;
+    let mut resolver = server.resolver().await;
+    for i in 0..KEPT {
+        let name = format!("tenants/acme/tokens/kept-{i}");
+        assert_eq!(
+            resolve(&mut resolver, &name).await.expect("resolve"),
+            value_of(i)
+        );
+    }
+    let gone = resolve(&mut resolver, "tenants/acme/tokens/doomed")
+        .await
+        .expect_err("removed");
+    assert_eq!(gone.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn after_shred_and_the_old_key_destroyed_an_old_copy_opens_with_no_remaining_key() {
+    let (dir, config, old_copy) = copy_then_remove().await;
+    let db = config.store.database.clone();
+    let old_key = config.store.master_key_file.clone().expect("key file");
     let before = keyring_facts(&db);
     assert_eq!((before.versions.as_slice(), before.current), (&[1][..], 1));
 
@@ -163,14 +190,16 @@ async fn after_shred_and_the_old_key_destroyed_an_old_copy_opens_with_no_remaini
         "{stdout}"
     );
 
-    // Every step happened: a new KEK, every row moved to it, the old KEK
-    // gone, the keyring sealed under another root key.
+    // Every step happened (so skipping one fails here): a new KEK, every
+    // row moved to it, the old KEK gone, the keyring under another root key.
     let after = keyring_facts(&db);
-    assert_eq!(after.versions, [2], "old KEK versions remain: {after:?}");
-    assert_eq!(after.current, 2);
-    assert_eq!(after.token_versions, [2]);
-    assert_ne!(
-        after.key_check, before.key_check,
+    assert_eq!(after.versions, [2], "old KEK versions remain");
+    assert_eq!(
+        (after.current, after.token_versions.as_slice()),
+        (2, &[2][..])
+    );
+    assert!(
+        after.key_check != before.key_check,
         "the root key did not change"
     );
 
@@ -181,39 +210,27 @@ async fn after_shred_and_the_old_key_destroyed_an_old_copy_opens_with_no_remaini
         KEY_CHECK_FAILED
     );
     assert!(
-        open_error(&old_copy, KeySource::File(old_key.clone()))
+        open_error(&old_copy, KeySource::File(old_key))
             .await
             .contains("No such file"),
         "the old key file is gone"
     );
-    // The old copy's own keyring still names KEK version 1, sealed under
-    // the destroyed key: nothing in the live database can stand in for it.
+    // The old copy's own keyring still names only KEK version 1, sealed
+    // under the destroyed key; the live database holds version 2 only.
     assert_eq!(keyring_facts(&old_copy).versions, [1]);
 
-    // The live database opens with the new key and serves every kept token.
     assert_eq!(
         open_error(&db, KeySource::File(new_key.clone())).await,
         "opened"
     );
-    let mut config = config;
-    config.store.master_key_file = Some(new_key);
-    let server = TestServer::start_in(dir, config).await;
-    let mut resolver = server.resolver().await;
-    for i in 0..KEPT {
-        let name = format!("tenants/acme/tokens/kept-{i}");
-        assert_eq!(
-            resolve(&mut resolver, &name).await.expect("resolve"),
-            value_of(i)
-        );
-    }
-    let gone = resolve(&mut resolver, "tenants/acme/tokens/doomed")
-        .await
-        .expect_err("removed");
-    assert_eq!(gone.code(), Code::NotFound);
+    assert_live_serves(dir, config, new_key).await;
 }
 
+// One scenario, kept whole: a serving server, the three commands refused,
+// nothing changed, then the control once it stopped.
 #[tokio::test]
 async fn shred_rekey_and_restore_are_refused_while_a_server_holds_the_database() {
+    let o = OsStr::new;
     let server = TestServer::start().await;
     server
         .admin()
@@ -226,17 +243,11 @@ async fn shred_rekey_and_restore_are_refused_while_a_server_holds_the_database()
     write_config(&server.config, &config_path);
     let backup = server.path("backup.db");
     let out = aitokens()
-        .args(["backup", "--config"])
-        .arg(&config_path)
-        .arg("--out")
-        .arg(&backup)
+        .args([o("backup"), o("--config"), config_path.as_os_str()])
+        .args([o("--out"), backup.as_os_str()])
         .output()
         .expect("backup");
-    assert!(
-        out.status.success(),
-        "backup beside the server: {}",
-        text(&out.stderr)
-    );
+    assert!(out.status.success(), "backup: {}", text(&out.stderr));
     let before = keyring_facts(&db);
     let refusal = format!(
         "aitokens: error: database {0} is in use by a running server or another aitokens \
@@ -245,28 +256,35 @@ async fn shred_rekey_and_restore_are_refused_while_a_server_holds_the_database()
     );
 
     let new_key = server.path("new.key");
-    let out = shred(&config_path, &new_key);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(text(&out.stderr), refusal);
-    assert!(text(&out.stdout).is_empty(), "{}", text(&out.stdout));
-    let out = aitokens()
-        .args(["keys", "rekey", "--config"])
-        .arg(&config_path)
-        .arg("--new-key-file")
-        .arg(&new_key)
-        .output()
-        .expect("rekey");
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(text(&out.stderr), refusal);
-    let out = aitokens()
-        .args(["restore", "--config"])
-        .arg(&config_path)
-        .arg("--from")
-        .arg(&backup)
-        .output()
-        .expect("restore");
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(text(&out.stderr), refusal);
+    let (config, key, from) = (
+        config_path.as_os_str(),
+        new_key.as_os_str(),
+        backup.as_os_str(),
+    );
+    for args in [
+        &[
+            o("keys"),
+            o("shred"),
+            o("--config"),
+            config,
+            o("--new-key-file"),
+            key,
+        ][..],
+        &[
+            o("keys"),
+            o("rekey"),
+            o("--config"),
+            config,
+            o("--new-key-file"),
+            key,
+        ][..],
+        &[o("restore"), o("--config"), config, o("--from"), from][..],
+    ] {
+        let out = aitokens().args(args).output().expect("run");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(text(&out.stderr), refusal, "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: {}", text(&out.stdout));
+    }
 
     // Nothing changed: no new key, the same keyring, no staging file, and
     // the server still serves the token.
@@ -285,19 +303,16 @@ async fn shred_rekey_and_restore_are_refused_while_a_server_holds_the_database()
     // Control: stopped, the same restore goes through.
     let (_dir, _config) = server.stop().await;
     let out = aitokens()
-        .args(["restore", "--config"])
-        .arg(&config_path)
-        .arg("--from")
-        .arg(&backup)
+        .args([o("restore"), o("--config"), config, o("--from"), from])
         .output()
         .expect("restore");
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
-#[tokio::test]
-async fn shred_refuses_a_new_passphrase_that_opens_the_database_now() {
-    let setup = Setup::new();
-    let dir = setup.dir.path().to_owned();
+/// A database initialized under a passphrase (from a file), and a config
+/// for it: (config path, database, passphrase file).
+fn passphrase_database(setup: &Setup) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = setup.dir.path();
     let db = dir.join("passphrase.db");
     let old_passphrase = dir.join("old-passphrase");
     write_private(&old_passphrase, "the old passphrase\n");
@@ -315,6 +330,14 @@ async fn shred_refuses_a_new_passphrase_that_opens_the_database_now() {
     config.store.passphrase_file = Some(old_passphrase.clone());
     let config_path = dir.join("passphrase.toml");
     write_config(&config, &config_path);
+    (config_path, db, old_passphrase)
+}
+
+#[tokio::test]
+async fn shred_refuses_a_new_passphrase_that_opens_the_database_now() {
+    let setup = Setup::new();
+    let dir = setup.dir.path().to_owned();
+    let (config_path, db, old_passphrase) = passphrase_database(&setup);
     let before = keyring_facts(&db);
 
     // The same passphrase (another file) is no new root key.
