@@ -1,6 +1,13 @@
 //! A small certificate authority for `aitokens dev` and for tests: a CA, a
 //! server certificate, and client certificates whose identity is a URI SAN.
 //! Production deployments bring their own PKI.
+//!
+//! What it issues is short-lived: leaf certificates are valid for
+//! [`LEAF_VALIDITY`] (30 days), the CA a day longer, from an hour ago (for
+//! clocks a little behind); `aitokens dev` issues a new set on start when
+//! one nears its end.
+
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer, DnType,
@@ -9,6 +16,20 @@ use rcgen::{
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
+
+/// How long a server or client certificate issued here is valid.
+pub const LEAF_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long the CA is valid: a day beyond its leaves.
+const CA_VALIDITY: Duration = Duration::from_secs(31 * 24 * 3600);
+/// Validity starts this long before now, for clocks a little behind.
+const BACKDATE: Duration = Duration::from_secs(3600);
+
+/// Sets `params` to be valid from a little before now for `validity`.
+fn valid_for(params: &mut CertificateParams, validity: Duration) {
+    let now = SystemTime::now();
+    params.not_before = (now - BACKDATE).into();
+    params.not_after = (now + validity).into();
+}
 
 /// A certificate authority that can issue server and client certificates.
 pub struct Ca {
@@ -39,6 +60,7 @@ impl Ca {
             .distinguished_name
             .push(DnType::CommonName, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        valid_for(&mut params, CA_VALIDITY);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -63,6 +85,7 @@ impl Ca {
             hosts.first().copied().unwrap_or("server"),
         );
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        valid_for(&mut params, LEAF_VALIDITY);
         self.issue(params)
     }
 
@@ -72,6 +95,7 @@ impl Ca {
         params.distinguished_name.push(DnType::CommonName, uri);
         params.subject_alt_names = vec![SanType::URI(uri.try_into().map_err(pki_error)?)];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        valid_for(&mut params, LEAF_VALIDITY);
         self.issue(params)
     }
 
@@ -83,7 +107,8 @@ impl Ca {
             .map_err(pki_error)
     }
 
-    /// Issues a certificate with arbitrary `params` (tests use this for odd cases).
+    /// Issues a certificate with arbitrary `params`, validity included (tests
+    /// use this for odd cases).
     pub fn issue(&self, mut params: CertificateParams) -> Result<Issued> {
         params.use_authority_key_identifier_extension = true;
         if params.key_usages.is_empty() {

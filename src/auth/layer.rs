@@ -37,7 +37,7 @@ const OPEN_SERVICES: [&str; 3] = [
 /// The authenticated caller of a request.
 #[derive(Clone, Debug)]
 pub struct Authenticated {
-    /// The identities its verified client certificate carries.
+    /// The identity its verified client certificate carries.
     pub identity: Arc<PeerIdentity>,
     /// Its network address.
     pub peer: SocketAddr,
@@ -50,7 +50,7 @@ impl Authenticated {
     /// policy may name it more precisely once it grants the request).
     pub fn actor(&self) -> Actor {
         Actor {
-            identity: self.identity.display(),
+            identity: self.identity.to_string(),
             peer: self.peer.to_string(),
             method: &self.rpc.full_name,
         }

@@ -2,8 +2,8 @@
 //!
 //! - [`ConnectionPeer`]: the identity in a connection's verified client
 //!   certificate (the TLS acceptor has checked its chain against the client
-//!   CA), read once per connection: its single URI SAN (e.g. a SPIFFE id)
-//!   and its DNS SANs. The subject CN is never read.
+//!   CA), read once per connection: its URI SAN (e.g. a SPIFFE id) when it
+//!   has one, else its one DNS SAN; never a union of SANs, never the CN.
 //! - [`AuthLayer`]: a tower layer that puts the caller ([`Authenticated`])
 //!   into every request's extensions, or refuses a request that has none.
 //! - [`Policy`]: maps identities to roles, default deny; [`Authorizer`]

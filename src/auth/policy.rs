@@ -210,54 +210,50 @@ impl Policy {
 
     /// Allows `peer` to rotate and retire keys (the key-admin role), or denies.
     pub fn authorize_key_admin(&self, peer: &PeerIdentity) -> Result<Caller> {
-        peer.policy_keys()
-            .find(|key| self.key_admins.contains(key))
-            .map(|identity| Caller {
-                identity,
-                require_binding: false,
-            })
-            .ok_or(Error::PermissionDenied)
+        let granted = self.key_admins.contains(peer.as_str());
+        Caller::of(peer, granted, false)
     }
 
     /// Allows `peer` to administer `tenant`, or denies.
     pub fn authorize_admin(&self, peer: &PeerIdentity, tenant: &TenantId) -> Result<Caller> {
-        peer.policy_keys()
-            .find(|key| self.admins.get(key).is_some_and(|t| t.covers(tenant)))
-            .map(|identity| Caller {
-                identity,
-                require_binding: false,
-            })
-            .ok_or(Error::PermissionDenied)
+        let granted = self
+            .admins
+            .get(peer.as_str())
+            .is_some_and(|t| t.covers(tenant));
+        Caller::of(peer, granted, false)
     }
 
     /// Allows `peer` to administer every tenant (for tenant-wide reads such as
     /// the whole audit trail), or denies.
     pub fn authorize_admin_of_all(&self, peer: &PeerIdentity) -> Result<Caller> {
-        peer.policy_keys()
-            .find(|key| self.admins.get(key) == Some(&Tenants::All))
-            .map(|identity| Caller {
-                identity,
-                require_binding: false,
-            })
-            .ok_or(Error::PermissionDenied)
+        let granted = self.admins.get(peer.as_str()) == Some(&Tenants::All);
+        Caller::of(peer, granted, false)
     }
 
     /// Allows `peer` to resolve `name`, or denies.
     pub fn authorize_resolve(&self, peer: &PeerIdentity, name: &TokenName) -> Result<Caller> {
-        peer.policy_keys()
-            .find_map(|key| {
-                let grant = self.resolvers.get(&key)?;
-                let allowed = grant.tenants.covers(&name.tenant)
-                    && grant
-                        .token_patterns
-                        .iter()
-                        .any(|p| glob_match(p, name.token_id.as_str()));
-                allowed.then_some(Caller {
-                    identity: key,
-                    require_binding: grant.bindings_only,
-                })
-            })
-            .ok_or(Error::PermissionDenied)
+        let grant = self.resolvers.get(peer.as_str());
+        let granted = grant.is_some_and(|grant| {
+            grant.tenants.covers(&name.tenant)
+                && grant
+                    .token_patterns
+                    .iter()
+                    .any(|p| glob_match(p, name.token_id.as_str()))
+        });
+        Caller::of(peer, granted, grant.is_some_and(|g| g.bindings_only))
+    }
+}
+
+impl Caller {
+    /// `peer` as the caller, if `granted`; else a refusal.
+    fn of(peer: &PeerIdentity, granted: bool, require_binding: bool) -> Result<Self> {
+        if !granted {
+            return Err(Error::PermissionDenied);
+        }
+        Ok(Self {
+            identity: peer.as_str().to_owned(),
+            require_binding,
+        })
     }
 }
 
@@ -331,10 +327,7 @@ mod tests {
     use super::*;
 
     fn peer(uri: &str) -> PeerIdentity {
-        PeerIdentity {
-            uri: Some(uri.into()),
-            dns: vec![],
-        }
+        PeerIdentity::uri(uri)
     }
 
     fn name(tenant: &str, token: &str) -> TokenName {
@@ -404,18 +397,12 @@ mod tests {
     #[test]
     fn dns_identities_count_only_when_the_policy_names_them() {
         let policy = Policy::parse(POLICY).expect("policy");
-        let bot = PeerIdentity {
-            uri: None,
-            dns: vec!["bot.internal".into()],
-        };
+        let bot = PeerIdentity::dns("bot.internal");
         let caller = policy
             .authorize_resolve(&bot, &name("globex", "x"))
             .expect("allowed");
         assert_eq!(caller.identity, "dns:bot.internal");
-        let other = PeerIdentity {
-            uri: None,
-            dns: vec!["admin".into()],
-        };
+        let other = PeerIdentity::dns("admin");
         assert!(
             policy
                 .authorize_resolve(&other, &name("globex", "x"))

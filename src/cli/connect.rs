@@ -141,6 +141,8 @@ impl ConnectArgs {
                 if !default.exists() {
                     return Ok(Profile::default());
                 }
+                Profile::check_implicit(&default).map_err(|e| CliError::Usage(e.to_string()))?;
+                eprintln!("aitokens: using profile {}", default.display());
                 default
             }
         };

@@ -47,7 +47,9 @@ pub async fn usage(
                 .collect();
             println!("{}", json!({ "name": name, "usages": rows }));
         }
-        OutputFormat::Table if usages.is_empty() => println!("nobody resolved {name}"),
+        OutputFormat::Table if usages.is_empty() => {
+            println!("nobody resolved {}", super::printable::printable(&name));
+        }
         OutputFormat::Table => {
             let rows: Vec<[String; 6]> = usages
                 .iter()

@@ -14,6 +14,7 @@ mod connect;
 mod lifecycle;
 mod offline;
 mod output;
+mod printable;
 mod profile;
 mod report;
 mod server;
@@ -88,7 +89,8 @@ pub enum Command {
     /// absent, or a passphrase stretched with Argon2id). Passphrases are
     /// never taken from the command line.
     Init(InitArgs),
-    /// Key lifecycle: status, rotation, destruction of old versions, rekey.
+    /// Key lifecycle: status, rotation, destruction of old versions, rekey,
+    /// and shred (all of them, so that old copies stop opening).
     Keys {
         /// What to do with the keys.
         #[command(subcommand)]
@@ -98,7 +100,8 @@ pub enum Command {
     /// Values stay encrypted; the root key is not in the copy.
     Backup(BackupArgs),
     /// Replace a database with a backup, after checking that the root key
-    /// opens it and every value in it. Stop the server first.
+    /// opens it and every value in it. Refused while a server holds the
+    /// database: stop it first.
     Restore(RestoreArgs),
     /// Measure ResolveToken against the transport floor (a trivial Echo RPC
     /// over the identical mTLS setup), plus CreateToken, ListTokens depth,

@@ -10,6 +10,7 @@ use prost_types::Timestamp;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
+use super::printable::printable;
 use crate::api::pb::Token;
 
 /// `--output`.
@@ -52,7 +53,9 @@ pub fn tokens(format: OutputFormat, parent: &str, tokens: &[Token]) {
             let tokens: Vec<Value> = tokens.iter().map(token_json).collect();
             println!("{}", json!({ "tokens": tokens }));
         }
-        OutputFormat::Table if tokens.is_empty() => println!("no tokens in {parent}"),
+        OutputFormat::Table if tokens.is_empty() => {
+            println!("no tokens in {}", printable(parent));
+        }
         OutputFormat::Table => {
             let header = ["TOKEN ID", "DISPLAY NAME", "CREATED", "UPDATED", "ETAG"];
             let rows: Vec<[String; 5]> = tokens
@@ -76,7 +79,7 @@ pub fn tokens(format: OutputFormat, parent: &str, tokens: &[Token]) {
 pub fn removed(format: OutputFormat, name: &str) {
     match format {
         OutputFormat::Json => println!("{}", json!({ "name": name, "removed": true })),
-        OutputFormat::Table => println!("removed {name}"),
+        OutputFormat::Table => println!("removed {}", printable(name)),
     }
 }
 
@@ -121,17 +124,23 @@ fn state(token: &Token) -> &'static str {
     }
 }
 
-/// `key value` lines for people, skipping empty values.
+/// `key value` lines for people, skipping empty values (escaped, see
+/// [`printable`]).
 pub fn fields(rows: &[(&str, String)]) {
     for (key, value) in rows.iter().filter(|(_, v)| !v.is_empty()) {
-        println!("{key:<14} {value}");
+        println!("{key:<14} {}", printable(value));
     }
 }
 
-/// Prints `rows` under `header` as aligned columns.
+/// Prints `rows` under `header` as aligned columns (cells escaped, see
+/// [`printable`]).
 pub fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|row| row.each_ref().map(|cell| printable(cell).into_owned()))
+        .collect();
     let mut widths = header.map(|h| h.chars().count());
-    for row in rows {
+    for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
@@ -148,7 +157,7 @@ pub fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
         text
     };
     println!("{}", line(header));
-    for row in rows {
+    for row in &rows {
         println!("{}", line(row.each_ref().map(String::as_str)));
     }
 }

@@ -22,7 +22,7 @@ use std::{
     fs,
     io::Write,
     net::SocketAddr,
-    os::unix::fs::OpenOptionsExt,
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
@@ -110,6 +110,43 @@ impl Profile {
         Ok(profile)
     }
 
+    /// Refuses a profile picked up implicitly (from the current directory,
+    /// not named by the user) unless the user owns it and its directory and
+    /// neither is writable by group or others: whoever could write it would
+    /// choose the server, the CA and the certificate the CLI uses, and so
+    /// receive the values typed into `token create`.
+    pub fn check_implicit(path: &Path) -> Result<()> {
+        let me = rustix::process::getuid().as_raw();
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        for (what, place) in [("profile", path), ("profile directory", dir)] {
+            let shown = place.display();
+            let meta =
+                fs::metadata(place).map_err(|e| Error::config(format!("{what} {shown}: {e}")))?;
+            let refuse = |why: String| {
+                Error::config(format!(
+                    "{what} {shown} was picked up from the current directory, but {why}; \
+                     refused. Name a profile with --profile to use another one"
+                ))
+            };
+            if meta.uid() != me {
+                return Err(refuse(format!(
+                    "it is owned by uid {}, not by you (uid {me})",
+                    meta.uid()
+                )));
+            }
+            if meta.mode() & 0o022 != 0 {
+                return Err(refuse(format!(
+                    "group or others may write it (mode {:o}; run chmod go-w {shown})",
+                    meta.mode() & 0o777
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the profile atomically (temp file, then rename), mode 0600.
     pub fn write(&self, path: &Path) -> Result<()> {
         let text = toml::to_string(self).map_err(|e| Error::Internal(format!("profile: {e}")))?;
@@ -152,6 +189,64 @@ mod tests {
         let resolver = loaded.resolver.expect("resolver identity");
         assert_eq!(resolver.cert, dir.path().join("agent.pem"));
         assert_eq!(resolver.key, dir.path().join("agent.key"));
+    }
+
+    #[test]
+    fn an_implicit_profile_must_be_yours_and_writable_by_you_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let folder = dir.path().join("aitokens-dev");
+        fs::create_dir(&folder).expect("mkdir");
+        fs::set_permissions(&folder, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let path = folder.join(DEV_PROFILE);
+        let addr = "127.0.0.1:1".parse().expect("addr");
+        Profile::for_dev(addr, addr).write(&path).expect("write");
+        Profile::check_implicit(&path).expect("own, 0600, in a 0755 folder");
+
+        let chmod = |path: &Path, mode| {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod")
+        };
+        chmod(&path, 0o666);
+        let err = Profile::check_implicit(&path).expect_err("world-writable");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "profile {0} was picked up from the current directory, but group or others \
+                 may write it (mode 666; run chmod go-w {0}); refused. Name a profile with \
+                 --profile to use another one",
+                path.display()
+            )
+        );
+        chmod(&path, 0o644);
+        chmod(&folder, 0o775);
+        let err = Profile::check_implicit(&path).expect_err("group-writable folder");
+        assert!(
+            err.to_string().starts_with(&format!(
+                "profile directory {} was picked up",
+                folder.display()
+            )),
+            "{err}"
+        );
+        chmod(&folder, 0o700);
+
+        // Someone else's file: as root, give one away; otherwise use one
+        // root owns.
+        let me = rustix::process::getuid();
+        let theirs = if me.is_root() {
+            rustix::fs::chown(&path, Some(rustix::fs::Uid::from_raw(65534)), None).expect("chown");
+            path.clone()
+        } else {
+            PathBuf::from("/etc/passwd")
+        };
+        let err = Profile::check_implicit(&theirs).expect_err("not mine");
+        assert!(
+            err.to_string().contains(&format!(
+                "but it is owned by uid {}, not by you (uid {})",
+                fs::metadata(&theirs).expect("meta").uid(),
+                me.as_raw()
+            )),
+            "{err}"
+        );
     }
 
     #[test]

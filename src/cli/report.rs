@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use super::output::OutputFormat;
+use super::{output::OutputFormat, printable::printable};
 
 /// Why a client command failed.
 #[derive(Debug)]
@@ -112,21 +112,40 @@ impl Report {
         }
     }
 
+    /// The report for people; every piece that came from the server or the
+    /// command line is escaped (see [`printable`]).
     fn text(&self) -> String {
+        let p = |text: &str| printable(text).into_owned();
+        let message = match self.code {
+            // From the server: one line, whatever it holds.
+            Some(_) => p(&self.message),
+            // Ours, perhaps several lines (a TOML error's snippet): kept so.
+            None => self
+                .message
+                .split('\n')
+                .map(p)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        };
         let mut text = match (self.code, &self.reason) {
             (Some(code), Some(reason)) => {
-                format!("aitokens: error: {code:?} ({reason}): {}\n", self.message)
+                format!("aitokens: error: {code:?} ({}): {message}\n", p(reason))
             }
-            (Some(code), None) => format!("aitokens: error: {code:?}: {}\n", self.message),
-            (None, _) => format!("aitokens: error: {}\n", self.message),
+            (Some(code), None) => format!("aitokens: error: {code:?}: {message}\n"),
+            (None, _) => format!("aitokens: error: {message}\n"),
         };
         for (field, description) in &self.fields {
-            text.push_str(&format!("  field: {field}: {description}\n"));
+            text.push_str(&format!("  field: {}: {}\n", p(field), p(description)));
         }
         for (kind, subject, description) in &self.blockers {
-            text.push_str(&format!("  blocked by: {kind} {subject} ({description})\n"));
+            text.push_str(&format!(
+                "  blocked by: {} {} ({})\n",
+                p(kind),
+                p(subject),
+                p(description)
+            ));
         }
-        text.push_str(&format!("  what to do: {}\n", self.hint));
+        text.push_str(&format!("  what to do: {}\n", p(&self.hint)));
         text
     }
 

@@ -37,6 +37,11 @@ pub struct DevArgs {
     /// /healthz, /readyz). 0 picks a free port.
     #[arg(long, default_value_t = 9090)]
     pub metrics_port: u16,
+    /// Allow --admin-addr and --internal-addr to be non-loopback addresses
+    /// (refused otherwise): the dev policy lets its certificates do
+    /// everything, and its keys sit unencrypted in DIR.
+    #[arg(long)]
+    pub insecure_allow_remote: bool,
 }
 
 /// Options of `aitokens serve`.
@@ -47,8 +52,21 @@ pub struct ServeArgs {
     pub config: PathBuf,
 }
 
-/// Runs `aitokens dev` until SIGINT or SIGTERM.
+/// Runs `aitokens dev` until SIGINT or SIGTERM. Non-loopback addresses are
+/// bad usage (exit 2, nothing created) unless --insecure-allow-remote.
 pub async fn dev(args: DevArgs) -> ExitCode {
+    let (admin, internal) = (args.admin_addr, args.internal_addr);
+    match dev::check_listen_addresses(admin, internal, args.insecure_allow_remote) {
+        Ok(None) => {}
+        Ok(Some(warning)) => {
+            eprintln!("aitokens: {warning}");
+            tracing::warn!(%admin, %internal, "aitokens dev listens beyond loopback");
+        }
+        Err(e) => {
+            eprintln!("aitokens: error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     exit_code(run_dev(args).await)
 }
 
@@ -75,6 +93,7 @@ async fn run_dev(args: DevArgs) -> Result<()> {
         admin_addr,
         internal_addr,
         metrics_port,
+        insecure_allow_remote: _,
     } = args;
     let metrics_addr = SocketAddr::from(([127, 0, 0, 1], metrics_port));
     let setup = {

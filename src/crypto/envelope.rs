@@ -13,7 +13,7 @@ pub const NONCE_LEN: usize = 24;
 pub const TAG_LEN: usize = 16;
 
 /// A parsed, not yet authenticated, envelope borrowing its input.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub struct Envelope<'a> {
     /// The per-seal random nonce.
     pub nonce: &'a [u8; NONCE_LEN],
@@ -36,6 +36,17 @@ impl<'a> Envelope<'a> {
             return Err(Error::DataLoss);
         }
         Ok(Self { nonce, ciphertext })
+    }
+}
+
+/// Written out rather than derived: lengths only, never the nonce or the
+/// ciphertext bytes (nothing stored should be copied into a log line).
+impl std::fmt::Debug for Envelope<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Envelope")
+            .field("nonce_len", &self.nonce.len())
+            .field("ciphertext_len", &self.ciphertext.len())
+            .finish()
     }
 }
 

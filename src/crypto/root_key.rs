@@ -18,8 +18,15 @@ use crate::{
 };
 
 /// The key that seals the keyring. Never printed, zeroized on drop.
-#[derive(Debug)]
 pub struct RootKey(SecretKey);
+
+/// Written out rather than derived: it names the type and nothing else, so
+/// that no field added later can reach a log through it.
+impl std::fmt::Debug for RootKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RootKey([REDACTED])")
+    }
+}
 
 impl RootKey {
     /// Reads a key file (see [`RootKey::read_file`]).
@@ -33,15 +40,7 @@ impl RootKey {
     /// The file must not be readable by group or others.
     pub fn read_file(path: &Path) -> Result<KeyFile> {
         let shown = path.display();
-        let meta = fs::metadata(path)
-            .map_err(|e| Error::master_key(format!("master key file {shown}: {e}")))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(Error::master_key(format!(
-                "master key file {shown} is readable or writable by group or others \
-                 (mode {:o}); run: chmod 600 {shown}",
-                meta.permissions().mode() & 0o777
-            )));
-        }
+        check_private(path, "master key file")?;
         let contents = Zeroizing::new(
             fs::read(path)
                 .map_err(|e| Error::master_key(format!("master key file {shown}: {e}")))?,
@@ -135,6 +134,24 @@ impl RootKey {
     pub(super) fn key(&self) -> &SecretKey {
         &self.0
     }
+}
+
+/// Refuses a secret file (`what`: "master key file", "passphrase file")
+/// that group or others may read or write, naming the fix.
+pub(super) fn check_private(path: &Path, what: &str) -> Result<()> {
+    let shown = path.display();
+    let mode = fs::metadata(path)
+        .map_err(|e| Error::master_key(format!("{what} {shown}: {e}")))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(Error::master_key(format!(
+            "{what} {shown} is readable or writable by group or others \
+             (mode {:o}); run: chmod 600 {shown}",
+            mode & 0o777
+        )));
+    }
+    Ok(())
 }
 
 const DEPLOYMENT_LINE: &str = "# aitokens root key for deployment ";

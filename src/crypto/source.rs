@@ -23,7 +23,7 @@ pub enum KeySource {
         /// Its value; the variable itself was removed from the environment.
         value: Option<Zeroizing<String>>,
     },
-    /// A passphrase file (its first line).
+    /// A passphrase file (its first line; mode 0600 or stricter).
     PassphraseFile(PathBuf),
     /// A passphrase on standard input (its first line).
     PassphraseStdin,
@@ -72,6 +72,7 @@ impl KeySource {
                 Ok(RootMaterial::Key(key, None))
             }
             Self::PassphraseFile(path) => {
+                super::root_key::check_private(path, "passphrase file")?;
                 let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
                     Error::master_key(format!("passphrase file {}: {e}", path.display()))
                 })?);
@@ -127,6 +128,24 @@ impl RootMaterial {
                 "this database is protected by a key file, but a passphrase was configured",
             )),
         }
+    }
+
+    /// Whether this key or passphrase opens the stored keyring `records`
+    /// (its key check). A "new" root key that does is not new: whatever the
+    /// old one opens, it opens too. Derives a passphrase key with the stored
+    /// parameters, so it blocks like [`RootMaterial::unlock`].
+    pub fn opens(&self, records: &KeyringRecords) -> Result<bool> {
+        let derived;
+        let root = match (self, &records.kdf) {
+            (Self::Key(key, _), None) => key,
+            (Self::Passphrase(passphrase), Some(params)) => {
+                params.check()?;
+                derived = RootKey::from_passphrase(passphrase.as_bytes(), params)?;
+                &derived
+            }
+            (Self::Key(..), Some(_)) | (Self::Passphrase(_), None) => return Ok(false),
+        };
+        Ok(super::Keyring::open(root, records).is_ok())
     }
 
     /// The root key for a new keyring, and the KDF parameters to store with

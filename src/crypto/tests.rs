@@ -143,6 +143,31 @@ fn key_file_permissions_and_format_are_checked() {
 }
 
 #[test]
+fn a_passphrase_file_open_to_others_is_refused_like_a_key_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("passphrase");
+    std::fs::write(&path, "correct horse\n").expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let source = KeySource::PassphraseFile(path.clone());
+    let Err(err) = source.load() else {
+        panic!("a world-readable passphrase file was read");
+    };
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "passphrase file {0} is readable or writable by group or others (mode 644); \
+             run: chmod 600 {0}",
+            path.display()
+        )
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    match source.load().expect("a private passphrase file is read") {
+        RootMaterial::Passphrase(text) => assert_eq!(text.as_str(), "correct horse"),
+        RootMaterial::Key(..) => panic!("a passphrase file yields a passphrase"),
+    }
+}
+
+#[test]
 fn debug_output_shows_no_key_material() {
     let key = SecretKey::generate().expect("key");
     assert_eq!(format!("{key:?}"), "SecretKey([REDACTED])");
@@ -150,4 +175,25 @@ fn debug_output_shows_no_key_material() {
     let uid = TokenUid::generate().expect("uid");
     let sealed = keyring.seal_value("acme", &uid, b"v").expect("seal");
     assert_eq!(format!("{sealed:?}"), "SealedValue { kek_version: 1, .. }");
+}
+
+#[test]
+fn root_key_and_envelope_debug_show_no_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = RootKey::create_file(&dir.path().join("k")).expect("root key");
+    assert_eq!(format!("{root:?}"), "RootKey([REDACTED])");
+
+    let key = SecretKey::generate().expect("key");
+    let sealed = key.seal(b"aad", b"plaintext").expect("seal");
+    let parsed = envelope::Envelope::parse(&sealed).expect("parse");
+    let shown = format!("{parsed:?}");
+    assert_eq!(
+        shown,
+        format!(
+            "Envelope {{ nonce_len: 24, ciphertext_len: {} }}",
+            sealed.len() - 1 - envelope::NONCE_LEN
+        )
+    );
+    // No byte list (a derived Debug prints the nonce as `[12, 200, ...]`).
+    assert!(!shown.contains('['), "{shown}");
 }

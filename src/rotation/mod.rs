@@ -12,6 +12,9 @@
 //! - **Rekey** re-seals only the keyring under a new root key, in one
 //!   transaction: interrupted anywhere, the database opens with exactly one
 //!   of the two root keys.
+//! - **Shred** (`aitokens keys shred`) is rotate, the whole re-wrap,
+//!   destroy-old and rekey in that order: once the old root key is
+//!   destroyed, no key that remains opens a copy made before.
 //!
 //! A server notices a rotation or rekey made by another process (the CLI)
 //! through [`KeyRotation::reload_if_changed`], which it calls on every

@@ -58,6 +58,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Concurrent requests (HTTP/2 streams) per connection.
 const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// Largest request message of the services whose requests are empty or a
+/// name (KeyAdmin, health, reflection): explicit, rather than tonic's 4 MiB
+/// default, so that no service decodes more than it could ever need.
+const MAX_SMALL_REQUEST_BYTES: usize = 4 * 1024;
 
 /// The layers around every request: telemetry (request id, metrics), then
 /// authentication.
@@ -235,8 +239,10 @@ impl Server {
         policy_hangup: Option<tasks::Hangup>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let resolver = self.domain.resolver.clone();
-        tokio::spawn(tasks::warm_resolve_cache(resolver.clone()));
         vec![
+            // Joined like the others: a stop ends a warm-up still running,
+            // so that the store (and its database lock) is let go at once.
+            tokio::spawn(tasks::warm_resolve_cache(resolver.clone())),
             tokio::spawn(tasks::flush_periodically(
                 self.domain.flusher.clone(),
                 self.telemetry.clone(),
@@ -284,14 +290,14 @@ impl Server {
             .await;
         let admin_server = self
             .admin_router(auth.clone())?
-            .add_service(admin_health_service)
+            .add_service(admin_health_service.max_decoding_message_size(MAX_SMALL_REQUEST_BYTES))
             .serve_with_incoming_shutdown(
                 self.incoming(admin, &self.admin_tls),
                 self.stopped(stop.clone(), admin_health),
             );
         let internal_server = self
             .internal_router(auth)?
-            .add_service(internal_health_service)
+            .add_service(internal_health_service.max_decoding_message_size(MAX_SMALL_REQUEST_BYTES))
             .serve_with_incoming_shutdown(
                 self.incoming(internal, &self.internal_tls),
                 self.stopped(stop.clone(), internal_health),
@@ -331,17 +337,24 @@ impl Server {
         let services = ["aitokens.v1.TokenAdmin", "aitokens.v1.KeyAdmin"];
         Ok(self
             .builder()
-            .add_service(reflection(&services).build_v1().map_err(reflection_error)?)
+            .add_service(
+                reflection(&services)
+                    .build_v1()
+                    .map_err(reflection_error)?
+                    .max_decoding_message_size(MAX_SMALL_REQUEST_BYTES),
+            )
             .add_service(
                 reflection(&services)
                     .build_v1alpha()
-                    .map_err(reflection_error)?,
+                    .map_err(reflection_error)?
+                    .max_decoding_message_size(MAX_SMALL_REQUEST_BYTES),
             )
             .add_service(
                 TokenAdminServer::new(admin_api).max_decoding_message_size(MAX_REQUEST_BYTES),
             )
             .add_service(
-                KeyAdminServer::new(key_admin_api).max_decoding_message_size(MAX_REQUEST_BYTES),
+                KeyAdminServer::new(key_admin_api)
+                    .max_decoding_message_size(MAX_SMALL_REQUEST_BYTES),
             ))
     }
 
@@ -351,11 +364,17 @@ impl Server {
         let services = ["aitokens.v1.TokenResolver"];
         Ok(self
             .builder()
-            .add_service(reflection(&services).build_v1().map_err(reflection_error)?)
+            .add_service(
+                reflection(&services)
+                    .build_v1()
+                    .map_err(reflection_error)?
+                    .max_decoding_message_size(MAX_SMALL_REQUEST_BYTES),
+            )
             .add_service(
                 reflection(&services)
                     .build_v1alpha()
-                    .map_err(reflection_error)?,
+                    .map_err(reflection_error)?
+                    .max_decoding_message_size(MAX_SMALL_REQUEST_BYTES),
             )
             .add_service(
                 TokenResolverServer::new(resolver_api).max_decoding_message_size(MAX_REQUEST_BYTES),

@@ -27,7 +27,7 @@ use std::{path::Path, sync::Arc};
 
 use async_trait::async_trait;
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{DbLock, Hold, SqliteStore};
 
 use crate::{
     crypto::chain::ChainKey,

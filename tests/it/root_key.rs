@@ -22,9 +22,16 @@ fn aitokens() -> Command {
 /// Points `config` at a passphrase file instead of the dev key file.
 fn use_passphrase(config: &mut Config, dir: &Path, passphrase: &str) {
     let path = dir.join("passphrase");
-    std::fs::write(&path, format!("{passphrase}\n")).expect("write passphrase");
+    write_private(&path, &format!("{passphrase}\n"));
     config.store.master_key_file = None;
     config.store.passphrase_file = Some(path);
+}
+
+/// Writes a secret file as an operator must: mode 0600.
+pub fn write_private(path: &Path, contents: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).expect("write secret file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
 }
 
 #[tokio::test]
@@ -304,7 +311,7 @@ fn init_binds_a_database_to_its_key_and_refusals_say_which_problem() {
         .expect("write");
     assert!(child.wait().expect("wait").success());
     let pass_file = dir.path().join("pass");
-    std::fs::write(&pass_file, "a long passphrase\n").expect("write");
+    write_private(&pass_file, "a long passphrase\n");
     write_config(&setup, &config_path, |t| {
         let store = t["store"].as_table_mut().expect("store");
         store.remove("master_key_file");
@@ -336,6 +343,36 @@ async fn a_key_file_open_to_others_is_refused_at_start() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
     let err = Server::open(&config).await.err().expect("refused");
     assert!(err.to_string().contains("chmod 600"), "{err}");
+}
+
+#[tokio::test]
+async fn a_passphrase_file_open_to_others_is_refused_at_start() {
+    let mut setup = Setup::new();
+    let dir = setup.dir.path().to_owned();
+    use_passphrase(&mut setup.config, &dir, "a passphrase only its owner reads");
+    let server = setup.start().await;
+    let (_dir, config) = server.stop().await;
+    let path = config
+        .store
+        .passphrase_file
+        .clone()
+        .expect("passphrase file");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o604)).expect("chmod");
+    let err = Server::open(&config).await.err().expect("refused");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "passphrase file {0} is readable or writable by group or others (mode 604); \
+             run: chmod 600 {0}",
+            path.display()
+        )
+    );
+    // Control: the same file, private again, opens the database.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    Server::open(&config)
+        .await
+        .expect("private passphrase file");
 }
 
 fn serve_on_a_terminal(config: &Path, passphrase: &str) -> (bool, String) {

@@ -10,7 +10,7 @@ use crate::{
     config::Config,
     crypto::{KeySource, Keyring, RootKey, RootMaterial, new_deployment_id},
     error::{Error, Result},
-    store::{KeyringStore, Maintenance, SqliteStore},
+    store::{DbLock, Hold, KeyringStore, Maintenance, SqliteStore},
 };
 
 /// `aitokens init`: a new database whose keyring is sealed under the chosen
@@ -91,12 +91,19 @@ pub async fn backup(args: BackupArgs) -> Result<()> {
     Ok(())
 }
 
-/// `aitokens restore`: checks that the root key opens the backup's keyring
-/// and every value in it, then replaces the database atomically.
+/// `aitokens restore`: holding the database alone (refused while a server
+/// has it open), checks that the root key opens the backup's keyring and
+/// every value in it, then replaces the database atomically.
 pub async fn restore(args: RestoreArgs) -> Result<()> {
     let config = Config::load(&args.config)?;
     let db = args.db.unwrap_or_else(|| config.store.database.clone());
     let source = config.store.key_source()?;
+    let _alone = {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || DbLock::acquire(&db, Hold::Exclusive))
+            .await
+            .map_err(|e| Error::Internal(format!("locking the database: {e}")))??
+    };
     let staging = PathBuf::from(format!("{}.restore", db.display()));
     let _ = std::fs::remove_file(&staging);
     std::fs::copy(&args.from, &staging)
@@ -106,6 +113,7 @@ pub async fn restore(args: RestoreArgs) -> Result<()> {
         offline.verify_every_value().await
     }
     .await;
+    let _ = std::fs::remove_file(DbLock::path_for(&staging));
     let count = match checked {
         Ok(count) => count,
         Err(e) => {

@@ -47,7 +47,7 @@ pub struct BackupArgs {
     out: PathBuf,
 }
 
-/// Options of `aitokens restore`.
+/// Options of `aitokens restore` (refused while a server holds the database).
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// The server config file (root key source; database unless --db).
@@ -84,30 +84,68 @@ pub enum KeysCommand {
         #[arg(long, default_value_t = crate::rotation::REWRAP_BATCH)]
         batch_size: usize,
     },
-    /// Destroy KEK versions no data key uses any more (crypto-shredding of
-    /// what was removed while they were current).
+    /// Destroy KEK versions no data key uses any more: the live database
+    /// can no longer open what they wrapped. Copies made before still can,
+    /// with the unchanged root key; `keys shred` closes that.
     DestroyOld {
         /// The server config file.
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Change the root key: re-seal only the keyring, atomically. Stop the
-    /// server first, then point the config at the new key.
-    #[command(group(ArgGroup::new("new_root").required(true).args(["new_key_file", "new_passphrase_file", "new_passphrase_stdin"])))]
+    /// Change the root key: re-seal only the keyring, atomically. Refused
+    /// while a server holds the database; point the config at the new key
+    /// before starting it again.
     Rekey {
         /// The server config file (its key source opens the keyring now).
         #[arg(long, short)]
         config: PathBuf,
-        /// New key file (created, mode 0600, if absent).
-        #[arg(long)]
-        new_key_file: Option<PathBuf>,
-        /// File whose first line is the new passphrase.
-        #[arg(long)]
-        new_passphrase_file: Option<PathBuf>,
-        /// Read the new passphrase from standard input.
-        #[arg(long)]
-        new_passphrase_stdin: bool,
+        /// The new root key.
+        #[command(flatten)]
+        new_root: NewRootArgs,
     },
+    /// Crypto-shredding in one command: rotate, re-wrap every data key,
+    /// destroy every old KEK version, then rekey to a new root key. Once the
+    /// old root key is destroyed (the command names it), copies and backups
+    /// made before cannot be opened, and removed tokens cannot be recovered
+    /// from them or from old disk blocks. Refused while a server holds the
+    /// database.
+    Shred {
+        /// The server config file (its key source is the old root key).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The new root key.
+        #[command(flatten)]
+        new_root: NewRootArgs,
+        /// Data keys re-wrapped per transaction.
+        #[arg(long, default_value_t = crate::rotation::REWRAP_BATCH)]
+        batch_size: usize,
+    },
+}
+
+/// Where the new root key of `keys rekey` and `keys shred` comes from.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct NewRootArgs {
+    /// New key file (created, mode 0600, if absent).
+    #[arg(long)]
+    new_key_file: Option<PathBuf>,
+    /// File whose first line is the new passphrase (mode 0600).
+    #[arg(long)]
+    new_passphrase_file: Option<PathBuf>,
+    /// Read the new passphrase from standard input.
+    #[arg(long)]
+    new_passphrase_stdin: bool,
+}
+
+impl NewRootArgs {
+    fn into_new_root(self) -> Result<keys::NewRoot> {
+        match (self.new_key_file, self.new_passphrase_file) {
+            (Some(path), _) => Ok(keys::NewRoot::KeyFile(path)),
+            (_, Some(path)) => Ok(keys::NewRoot::PassphraseFile(path)),
+            _ if self.new_passphrase_stdin => Ok(keys::NewRoot::PassphraseStdin),
+            _ => Err(crate::Error::config("choose the new root key")),
+        }
+    }
 }
 
 /// `aitokens audit` subcommands.
@@ -190,7 +228,8 @@ pub async fn run(command: OfflineCommand) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("aitokens: error: {e}");
+            let shown = e.to_string();
+            eprintln!("aitokens: error: {}", super::printable::printable(&shown));
             ExitCode::FAILURE
         }
     }
@@ -220,19 +259,20 @@ async fn run_keys(command: KeysCommand) -> Result<()> {
             batch_size,
         } => keys::rotate(&Config::load(&config)?, resume, batch_size).await,
         KeysCommand::DestroyOld { config } => keys::destroy_old(&Config::load(&config)?).await,
-        KeysCommand::Rekey {
+        KeysCommand::Rekey { config, new_root } => {
+            keys::rekey(&Config::load(&config)?, new_root.into_new_root()?).await
+        }
+        KeysCommand::Shred {
             config,
-            new_key_file,
-            new_passphrase_file,
-            new_passphrase_stdin,
+            new_root,
+            batch_size,
         } => {
-            let new_root = match (new_key_file, new_passphrase_file) {
-                (Some(path), _) => keys::NewRoot::KeyFile(path),
-                (_, Some(path)) => keys::NewRoot::PassphraseFile(path),
-                _ if new_passphrase_stdin => keys::NewRoot::PassphraseStdin,
-                _ => return Err(crate::Error::config("choose the new root key")),
-            };
-            keys::rekey(&Config::load(&config)?, new_root).await
+            keys::shred(
+                &Config::load(&config)?,
+                new_root.into_new_root()?,
+                batch_size,
+            )
+            .await
         }
     }
 }

@@ -7,7 +7,7 @@ use crate::{
     crypto::KeySource,
     error::{Error, Result},
     rotation::{KeyRotation, Legacy, Missing, unlock},
-    store::{SharedStore, SqliteStore},
+    store::{Hold, SharedStore, SqliteStore},
 };
 
 /// A database opened with its root key.
@@ -19,19 +19,39 @@ pub struct Offline {
 }
 
 impl Offline {
-    /// Opens `database` and unseals its keyring with `source`.
+    /// Opens `database` and unseals its keyring with `source`, beside any
+    /// server that has it open.
     pub async fn open(database: &Path, source: &KeySource) -> Result<Self> {
-        Self::open_with(database, source, Legacy::Refuse).await
+        Self::open_held(database, source, Hold::Shared, Legacy::Refuse).await
     }
 
     /// Like [`Offline::open`], doing what `legacy` says with an audit trail
     /// written before chains were keyed.
     pub async fn open_with(database: &Path, source: &KeySource, legacy: Legacy) -> Result<Self> {
+        Self::open_held(database, source, Hold::Shared, legacy).await
+    }
+
+    /// Like [`Offline::open`], but alone: refused while a server (or another
+    /// command) holds the database. For commands that must not run beside
+    /// one (rekey, shred).
+    pub async fn open_exclusive(database: &Path, source: &KeySource) -> Result<Self> {
+        Self::open_held(database, source, Hold::Exclusive, Legacy::Refuse).await
+    }
+
+    async fn open_held(
+        database: &Path,
+        source: &KeySource,
+        hold: Hold,
+        legacy: Legacy,
+    ) -> Result<Self> {
         let material = source.load()?;
         let path = database.to_owned();
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
-            .await
-            .map_err(|e| Error::Internal(format!("opening the database: {e}")))??;
+        let store = tokio::task::spawn_blocking(move || match hold {
+            Hold::Shared => SqliteStore::open(&path),
+            Hold::Exclusive => SqliteStore::open_exclusive(&path),
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("opening the database: {e}")))??;
         let store: SharedStore = Arc::new(store);
         let handle = unlock(&*store, material, Missing::Refuse, legacy).await?;
         let keys = KeyRotation::new(store.clone(), Arc::new(handle));
@@ -41,6 +61,11 @@ impl Offline {
     /// Opens the database a config names, with its key source.
     pub async fn from_config(config: &Config) -> Result<Self> {
         Self::open(&config.store.database, &config.store.key_source()?).await
+    }
+
+    /// [`Offline::open_exclusive`] on the database a config names.
+    pub async fn from_config_exclusive(config: &Config) -> Result<Self> {
+        Self::open_exclusive(&config.store.database, &config.store.key_source()?).await
     }
 
     /// Opens every sealed value; returns how many opened. Any that fails is

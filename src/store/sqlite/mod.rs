@@ -7,6 +7,7 @@ mod backup;
 mod bindings;
 mod impls;
 mod keyring;
+mod lock;
 mod readers;
 mod schema;
 mod tokens;
@@ -25,6 +26,8 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use readers::ReadPool;
 use schema::MIGRATIONS;
+
+pub use lock::{DbLock, Hold};
 
 use super::AuditMirror;
 use crate::{
@@ -67,12 +70,26 @@ struct Inner {
     chain: RwLock<Option<Arc<ChainKey>>>,
     /// `None` for a store opened read-only (verification, backups).
     writer: Option<Mutex<Connection>>,
+    /// Held while the store is open (see [`DbLock`]); `None` read-only.
+    _lock: Option<DbLock>,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed, mode 0600) the database at `path`, applies
-    /// pending migrations and checks its integrity. Blocking.
+    /// pending migrations and checks its integrity, holding its lock shared
+    /// (beside servers and other such commands) until dropped. Blocking.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_held(path, Hold::Shared)
+    }
+
+    /// Like [`SqliteStore::open`], holding the database alone: refused while
+    /// a server or another command holds it (restore, rekey, shred). Blocking.
+    pub fn open_exclusive(path: &Path) -> Result<Self> {
+        Self::open_held(path, Hold::Exclusive)
+    }
+
+    fn open_held(path: &Path, hold: Hold) -> Result<Self> {
+        let lock = DbLock::acquire(path, hold)?;
         create_private_file(path)?;
         let writer = Connection::open(path).map_err(|e| open_error(path, &e))?;
         configure(&writer)?;
@@ -91,7 +108,7 @@ impl SqliteStore {
                 path.display()
             )));
         }
-        Self::with_readers(path, Some(writer))
+        Self::with_readers(path, Some((writer, lock)))
     }
 
     /// Opens an existing database for reading only: nothing is created,
@@ -112,7 +129,7 @@ impl SqliteStore {
         Ok(store)
     }
 
-    fn with_readers(path: &Path, writer: Option<Connection>) -> Result<Self> {
+    fn with_readers(path: &Path, writer: Option<(Connection, DbLock)>) -> Result<Self> {
         let connections = (0..reader_count())
             .map(|_| {
                 let conn = read_only_connection(path)?;
@@ -120,12 +137,14 @@ impl SqliteStore {
                 Ok(conn)
             })
             .collect::<Result<Vec<_>>>()?;
+        let (writer, lock) = writer.unzip();
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 mirror: None,
                 chain: RwLock::new(None),
                 writer: writer.map(Mutex::new),
+                _lock: lock,
             }),
             readers: ReadPool::new(connections)?,
         })
