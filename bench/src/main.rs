@@ -23,12 +23,18 @@
 //! 6. **catalog**: a second database with 100k tokens in one tenant: startup
 //!    time, memory, ListTokens latency of the first page against a page 100k
 //!    deep, and a resolve load over it.
+//!
+//! The report ends with a PASS/FAIL verdict per target ([`verdict`]),
+//! computed from the unrounded figures; `aitokens-bench table --from FILE`
+//! turns a run's JSON into the README's performance table ([`table`]).
 
 mod load;
 mod phases;
 mod report;
 mod seed;
 mod server;
+mod table;
+mod verdict;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -70,9 +76,13 @@ const CATALOG_TENANT: &str = "catalog";
 #[command(
     name = "aitokens-bench",
     version,
-    about = "Measure aitokens against its transport floor."
+    about = "Measure aitokens against its transport floor.",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Options {
+    /// Instead of measuring: another task.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Tokens in the database of the resolve phases (at most 1,000,000).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub tokens: u64,
@@ -125,6 +135,23 @@ pub struct Options {
     pub cache_mib: usize,
 }
 
+/// What `aitokens-bench` can do besides measuring.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Command {
+    /// Print the README's performance table (markdown) from a run's JSON;
+    /// its verdicts are recomputed from the figures.
+    Table {
+        /// The JSON a run wrote (`--json FILE`).
+        #[arg(long)]
+        from: PathBuf,
+        /// Write the table into this markdown file instead, between its lines
+        /// `<!-- begin bench table: NAME -->` (NAME: the file name of
+        /// `--from`) and `<!-- end bench table -->`.
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
+}
+
 /// A phase that `--skip` can leave out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Phase {
@@ -148,6 +175,7 @@ pub async fn run(options: Options) -> Result<Report> {
         ));
     }
     let mut report = Report {
+        command: command_line(),
         machine: server::machine(),
         setup: SetupFigures {
             tokens: options.tokens,
@@ -171,6 +199,7 @@ pub async fn run(options: Options) -> Result<Report> {
     if !options.skip.contains(&Phase::Catalog) {
         report.catalog = Some(bench.catalog_phase().await?);
     }
+    report.verdicts = verdict::verdicts(&report);
 
     print!("{}", render(&report));
     if let Some(path) = &options.json {
@@ -180,6 +209,25 @@ pub async fn run(options: Options) -> Result<Report> {
             .map_err(|e| Error::Setup(format!("writing {}: {e}", path.display())))?;
     }
     Ok(report)
+}
+
+/// `aitokens-bench ARGS`: how this run was started, without the directory.
+fn command_line() -> String {
+    let mut words = vec!["aitokens-bench".to_owned()];
+    words.extend(std::env::args().skip(1));
+    words.join(" ")
+}
+
+/// `aitokens-bench table`.
+fn print_table(from: &std::path::Path, write: Option<&std::path::Path>) -> Result<()> {
+    let markdown = table::render(&table::load(from)?);
+    match write {
+        Some(file) => table::write_into(file, from, &markdown),
+        None => {
+            print!("{markdown}");
+            Ok(())
+        }
+    }
 }
 
 /// `aitokens` in the directory this program runs from.
@@ -203,6 +251,15 @@ fn say(line: &str) {
 #[tokio::main]
 async fn main() -> ExitCode {
     let options = Options::parse();
+    if let Some(Command::Table { from, write }) = &options.command {
+        return match print_table(from, write.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("aitokens-bench: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // On Ctrl-C the run is dropped, which stops its server process and
     // removes its temp dirs.
     let result = tokio::select! {

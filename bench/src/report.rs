@@ -2,13 +2,16 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::LIST_PAGE;
+use crate::{LIST_PAGE, verdict::Verdict};
 
 /// Everything one run measured.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Report {
+    /// The command line of the run (program name without its directory).
+    pub command: String,
     /// Where the figures came from.
     pub machine: Machine,
     /// The load shape.
@@ -32,10 +35,13 @@ pub struct Report {
     pub create_concurrent: Option<LoadFigures>,
     /// The large-catalog phase.
     pub catalog: Option<CatalogFigures>,
+    /// Each target against its figure, judged from the unrounded figures
+    /// ([`crate::verdict::verdicts`]).
+    pub verdicts: Vec<Verdict>,
 }
 
 /// The machine the run happened on.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Machine {
     /// CPUs available to this process.
     pub cpus: usize,
@@ -43,10 +49,13 @@ pub struct Machine {
     pub cpu_model: String,
     /// Kernel release.
     pub kernel: String,
+    /// The 1-minute load average when the run started (`/proc/loadavg`):
+    /// work other than this run on a shared machine shows here.
+    pub load_average: f64,
 }
 
 /// The load shape.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct SetupFigures {
     /// Tokens in the resolve database.
     pub tokens: u64,
@@ -65,7 +74,7 @@ pub struct SetupFigures {
 }
 
 /// How the database was filled.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct SeedFigures {
     /// Tokens written.
     pub tokens: u64,
@@ -76,7 +85,7 @@ pub struct SeedFigures {
 }
 
 /// One measured load phase.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct LoadFigures {
     /// Successful requests in the measured window.
     pub requests: u64,
@@ -105,7 +114,7 @@ pub struct LoadFigures {
 }
 
 /// Resolve relative to the floor.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Ratios {
     /// resolve requests/s / floor requests/s (target >= 0.8).
     pub throughput: f64,
@@ -116,7 +125,7 @@ pub struct Ratios {
 }
 
 /// The large-catalog phase.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct CatalogFigures {
     /// Tokens in the tenant.
     pub tokens: u64,
@@ -143,7 +152,7 @@ pub struct CatalogFigures {
 }
 
 /// Sequential ListTokens latency for one page position.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct ListFigures {
     /// How many tokens precede the page.
     pub depth: u64,
@@ -162,8 +171,8 @@ pub fn render(report: &Report) -> String {
     let s = &report.setup;
     let _ = writeln!(
         out,
-        "\naitokens bench — {} CPUs ({}), Linux {}",
-        m.cpus, m.cpu_model, m.kernel
+        "\naitokens bench — {} CPUs ({}), Linux {}, load average {} at the start",
+        m.cpus, m.cpu_model, m.kernel, m.load_average
     );
     let _ = writeln!(
         out,
@@ -252,40 +261,81 @@ pub fn render(report: &Report) -> String {
     if let Some(r) = &report.ratios {
         let _ = writeln!(
             out,
-            "\nresolve / floor: throughput {:.2} (target >= 0.8), p99 {:.2} (target <= 2), \
-             server CPU per request {:.2}",
+            "\nresolve / floor (unrounded): throughput {}, p99 {}, server CPU per request {}",
             r.throughput, r.p99, r.server_cpu
         );
     }
     if let Some(c) = &report.catalog {
+        render_catalog(&mut out, c);
+    }
+    render_verdicts(&mut out, &report.verdicts);
+    out
+}
+
+/// The catalog phase's lines of the text report.
+fn render_catalog(out: &mut String, c: &CatalogFigures) {
+    let _ = writeln!(
+        out,
+        "\ncatalog of {} tokens (seeded in {:.1} s): startup to ready {:.0} ms, \
+         RSS after start {} MiB, peak RSS {} MiB",
+        c.tokens,
+        c.seed.seconds,
+        c.startup_ms,
+        c.rss_after_ready_kib / 1024,
+        c.server_peak_rss_kib / 1024
+    );
+    if let Some(ms) = c.cache_warm_ms {
         let _ = writeln!(
             out,
-            "\ncatalog of {} tokens (seeded in {:.1} s): startup to ready {:.0} ms, \
-             RSS after start {} MiB, peak RSS {} MiB (target <= 64)",
-            c.tokens,
-            c.seed.seconds,
-            c.startup_ms,
-            c.rss_after_ready_kib / 1024,
-            c.server_peak_rss_kib / 1024
+            "resolve cache warm {ms:.0} ms after start, RSS then {} MiB",
+            c.rss_cache_warm_kib / 1024
         );
-        if let Some(ms) = c.cache_warm_ms {
-            let _ = writeln!(
-                out,
-                "resolve cache warm {ms:.0} ms after start, RSS then {} MiB",
-                c.rss_cache_warm_kib / 1024
-            );
+    }
+    let _ = writeln!(
+        out,
+        "ListTokens page of {LIST_PAGE}: first page p50 {:.0} µs p99 {:.0} µs; \
+         {} deep p50 {:.0} µs p99 {:.0} µs; deep/first p50 {}",
+        c.list_first_page.p50_us,
+        c.list_first_page.p99_us,
+        c.list_deep_page.depth,
+        c.list_deep_page.p50_us,
+        c.list_deep_page.p99_us,
+        c.deep_over_first_p50
+    );
+}
+
+/// One line per target: PASS or FAIL, the unrounded figure, the bound.
+fn render_verdicts(out: &mut String, verdicts: &[Verdict]) {
+    if verdicts.is_empty() {
+        return;
+    }
+    out.push_str("\ntargets (judged from the unrounded figures):\n");
+    for v in verdicts {
+        let unit = match v.unit.as_str() {
+            "" => String::new(),
+            unit => format!(" {unit}"),
+        };
+        let _ = writeln!(
+            out,
+            "  {}  {}: {}{unit} (target {} {}{unit})",
+            v.word(),
+            v.target,
+            v.value,
+            v.comparison.symbol(),
+            v.bound,
+        );
+    }
+}
+
+/// 41215.3 -> "41,215".
+pub fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
         }
-        let _ = writeln!(
-            out,
-            "ListTokens page of {LIST_PAGE}: first page p50 {:.0} µs p99 {:.0} µs; \
-             {} deep p50 {:.0} µs p99 {:.0} µs; deep/first p50 {:.2} (target <= 2)",
-            c.list_first_page.p50_us,
-            c.list_first_page.p99_us,
-            c.list_deep_page.depth,
-            c.list_deep_page.p50_us,
-            c.list_deep_page.p99_us,
-            c.deep_over_first_p50
-        );
+        out.push(c);
     }
     out
 }

@@ -49,7 +49,14 @@ fn bench_runs_every_phase_and_writes_json() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("resolve / floor: throughput"), "{stdout}");
+    assert!(
+        stdout.contains("resolve / floor (unrounded): throughput"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("targets (judged from the unrounded figures):"),
+        "{stdout}"
+    );
 
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
@@ -76,7 +83,64 @@ fn bench_runs_every_phase_and_writes_json() {
     assert_eq!(report["seed"]["tokens"], 300);
     assert_eq!(report["catalog"]["list_deep_page"]["depth"], 450);
     assert_eq!(report["catalog"]["list_first_page"]["calls"], 5);
-    assert!(report["ratios"]["throughput"].as_f64().expect("ratio") > 0.0);
+    let throughput = report["ratios"]["throughput"].as_f64().expect("ratio");
+    assert!(throughput > 0.0);
+
+    // One verdict per target, each judged from the unrounded figure, in the
+    // JSON and in the text.
+    let verdicts = report["verdicts"].as_array().expect("verdicts");
+    let targets: Vec<&str> = verdicts
+        .iter()
+        .map(|v| v["target"].as_str().expect("target"))
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            "resolve/floor throughput",
+            "resolve/floor p99",
+            "server CPU per resolve",
+            "ListTokens deep/first page p50",
+            "server peak RSS, 500 tokens",
+        ]
+    );
+    let first = &verdicts[0];
+    assert_eq!(first["value"].as_f64(), Some(throughput), "unrounded");
+    assert_eq!(
+        (first["comparison"].as_str(), first["bound"].as_f64()),
+        (Some(">="), Some(0.8))
+    );
+    assert_eq!(first["pass"].as_bool(), Some(throughput >= 0.8));
+    let word = if throughput >= 0.8 { "PASS" } else { "FAIL" };
+    assert!(
+        stdout.contains(&format!(
+            "  {word}  resolve/floor throughput: {throughput} (target >= 0.8)"
+        )),
+        "{stdout}"
+    );
+    for v in verdicts {
+        assert!(v["pass"].is_boolean() && v["value"].is_number(), "{v}");
+    }
+
+    // The README's table can be made from this JSON.
+    let table = Command::new(env!("CARGO_BIN_EXE_aitokens-bench"))
+        .args(["table", "--from"])
+        .arg(&json)
+        .output()
+        .expect("run aitokens-bench table");
+    let markdown = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.status.success(),
+        "{markdown}{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    assert!(
+        markdown.contains("| ResolveToken over 500 tokens |"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains("| resolve/floor throughput |"),
+        "{markdown}"
+    );
 }
 
 #[test]

@@ -2,19 +2,29 @@
 //! list, remove) against the real `aitokens serve`, with the server's RSS and
 //! open file descriptors sampled once a second. No errors; no growth trend.
 //!
+//! The churned tokens (created, renamed and removed during the soak) are
+//! resolved too: by their churner at each step (the exact value while
+//! present, NotFound once a rename or removal is acknowledged), and by the
+//! readers while the churners work on them (never another value, never a
+//! value after the removal was acknowledged, NotFound only once a removal
+//! was sent).
+//!
 //! CI runs 12 s; `AITOKENS_LONG_TESTS=1` runs 3 minutes.
 
 use std::{
     sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use aitokens::api::pb::{
-    GetTokenRequest, ListTokensRequest, RemoveTokenRequest, RenameTokenRequest, ResolveTokenRequest,
+    GetTokenRequest, ListTokensRequest, RemoveTokenRequest, RenameTokenRequest,
+    ResolveTokenRequest, token_admin_client::TokenAdminClient,
+    token_resolver_client::TokenResolverClient,
 };
+use tonic::{Code, transport::Channel};
 
 use crate::{
     common::create_request,
@@ -22,6 +32,36 @@ use crate::{
 };
 
 const STABLE: usize = 100;
+/// Churners; each publishes the token it is working on.
+const CHURNERS: usize = 2;
+
+/// States of a published churned name.
+const LIVE: u8 = 0;
+/// Its rename or removal was sent.
+const GOING: u8 = 1;
+/// Its rename or removal was acknowledged.
+const GONE: u8 = 2;
+
+/// A churned token name the readers may resolve.
+#[derive(Clone)]
+struct Published {
+    name: String,
+    value: String,
+    state: Arc<AtomicU8>,
+}
+
+type Slots = Arc<Vec<Mutex<Option<Published>>>>;
+
+/// Counts shared by the load tasks.
+#[derive(Default)]
+struct Counts {
+    ops: AtomicU64,
+    /// Resolves of churned tokens by their churner (value or NotFound as due).
+    churn_checked: AtomicU64,
+    /// Resolves of churned tokens by the readers, by outcome.
+    churn_found: AtomicU64,
+    churn_gone: AtomicU64,
+}
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -66,87 +106,22 @@ async fn mixed_load_shows_no_errors_and_no_growth() {
             .expect("create");
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let ops = Arc::new(AtomicU64::new(0));
+    let counts = Arc::new(Counts::default());
+    let slots: Slots = Arc::new((0..CHURNERS).map(|_| Mutex::new(None)).collect());
     let deadline = Instant::now() + length;
     let mut tasks = Vec::new();
     for r in 0..6 {
-        let (mut resolver, stop, ops) = (server.resolver(&data).await, stop.clone(), ops.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut rng = fastrand::Rng::with_seed(r);
-            for _ in 0..10_000_000u64 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let i = rng.usize(0..STABLE);
-                let reply = resolver
-                    .resolve_token(ResolveTokenRequest {
-                        name: format!("tenants/acme/tokens/stable-{i}"),
-                    })
-                    .await
-                    .expect("resolve");
-                assert!(reply.get_ref().value == stable_value(i), "wrong value");
-                ops.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
+        let resolver = server.resolver(&data).await;
+        let (stop, counts, slots) = (stop.clone(), counts.clone(), slots.clone());
+        tasks.push(tokio::spawn(read(r, resolver, stop, counts, slots)));
     }
-    for a in 0..2 {
-        let (mut admin, stop, ops) = (admin.clone(), stop.clone(), ops.clone());
-        tasks.push(tokio::spawn(async move {
-            for k in 0..1_000_000u64 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let id = format!("churn-{a}-{k}");
-                let token = admin
-                    .create_token(create_request("acme", &id, &format!("sk-soak-{a}-{k}")))
-                    .await
-                    .expect("create")
-                    .into_inner();
-                admin
-                    .get_token(GetTokenRequest {
-                        name: token.name.clone(),
-                    })
-                    .await
-                    .expect("get");
-                let renamed = admin
-                    .rename_token(RenameTokenRequest {
-                        name: token.name.clone(),
-                        display_name: Some(format!("renamed {k}")),
-                        new_token_id: Some(format!("{id}-r")),
-                        etag: Some(token.etag),
-                    })
-                    .await
-                    .expect("rename")
-                    .into_inner();
-                admin
-                    .list_tokens(ListTokensRequest {
-                        parent: "tenants/acme".into(),
-                        page_size: 50,
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("list");
-                admin
-                    .remove_token(RemoveTokenRequest {
-                        name: renamed.name,
-                        etag: Some(renamed.etag),
-                        force: true,
-                    })
-                    .await
-                    .expect("remove");
-                ops.fetch_add(5, Ordering::Relaxed);
-            }
-        }));
+    for a in 0..CHURNERS {
+        let (admin, resolver) = (admin.clone(), server.resolver(&data).await);
+        let (stop, counts, slots) = (stop.clone(), counts.clone(), slots.clone());
+        tasks.push(tokio::spawn(churn(a, admin, resolver, stop, counts, slots)));
     }
 
-    let mut samples = Vec::new();
-    while Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        samples.push((rss_kib(pid), open_fds(pid)));
-        if tasks.iter().any(|t| t.is_finished()) {
-            break; // a task failed: its error comes out below
-        }
-    }
+    let samples = sample_until(deadline, pid, &tasks).await;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         tokio::time::timeout(Duration::from_secs(60), task)
@@ -154,11 +129,47 @@ async fn mixed_load_shows_no_errors_and_no_growth() {
             .expect("load stops")
             .expect("no errors under load");
     }
-    let total = ops.load(Ordering::Relaxed);
-    eprintln!("soak: {total} operations in {length:?}; (RSS KiB, fds) samples: {samples:?}");
+    let total = counts.ops.load(Ordering::Relaxed);
+    let checked = counts.churn_checked.load(Ordering::Relaxed);
+    let (found, gone) = (
+        counts.churn_found.load(Ordering::Relaxed),
+        counts.churn_gone.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "soak: {total} operations in {length:?}; churned tokens resolved {checked} times by \
+         their churners, {found} found and {gone} gone by the readers; \
+         (RSS KiB, fds) samples: {samples:?}"
+    );
+    assert!(
+        checked > 0 && found > 0,
+        "the churned tokens were not resolved: {checked} by churners, {found} found by readers"
+    );
+    assert_no_growth(&samples);
+    server.terminate();
+}
+
+/// The server's (RSS KiB, open fds) once a second until `deadline`, or
+/// until a load task ends (it failed: its error comes out when joined).
+async fn sample_until(
+    deadline: Instant,
+    pid: u32,
+    tasks: &[tokio::task::JoinHandle<()>],
+) -> Vec<(u64, usize)> {
+    let mut samples = Vec::new();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        samples.push((rss_kib(pid), open_fds(pid)));
+        if tasks.iter().any(|t| t.is_finished()) {
+            break;
+        }
+    }
+    samples
+}
+
+/// Growth: compares the last third with the second third (the first third
+/// is warm-up: caches, pools and allocator arenas filling).
+fn assert_no_growth(samples: &[(u64, usize)]) {
     assert!(samples.len() >= 6, "too few samples");
-    // Growth: compare the last third with the second third (the first third
-    // is warm-up: caches, pools and allocator arenas filling).
     let third = samples.len() / 3;
     let middle = &samples[third..2 * third];
     let last = &samples[2 * third..];
@@ -174,5 +185,170 @@ async fn mixed_load_shows_no_errors_and_no_growth() {
         fds_after <= fds_before + 4,
         "open files grew from {fds_before} to {fds_after}"
     );
-    server.terminate();
+}
+
+/// A reader: stable tokens (exact values), and one time in four the token a
+/// churner works on.
+async fn read(
+    seed: u64,
+    mut resolver: TokenResolverClient<Channel>,
+    stop: Arc<AtomicBool>,
+    counts: Arc<Counts>,
+    slots: Slots,
+) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for _ in 0..10_000_000u64 {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let churned = rng.u8(0..4) == 0;
+        let published = churned
+            .then(|| slots[rng.usize(0..CHURNERS)].lock().expect("slot").clone())
+            .flatten();
+        let Some(p) = published else {
+            let i = rng.usize(0..STABLE);
+            let reply = resolver
+                .resolve_token(ResolveTokenRequest {
+                    name: format!("tenants/acme/tokens/stable-{i}"),
+                })
+                .await
+                .expect("resolve");
+            assert!(reply.get_ref().value == stable_value(i), "wrong value");
+            counts.ops.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let before = p.state.load(Ordering::SeqCst);
+        let result = resolver
+            .resolve_token(ResolveTokenRequest {
+                name: p.name.clone(),
+            })
+            .await;
+        match result {
+            Ok(reply) => {
+                assert!(
+                    before != GONE,
+                    "{} resolved after its removal was acknowledged",
+                    p.name
+                );
+                assert!(
+                    reply.get_ref().value == p.value,
+                    "{}: another value",
+                    p.name
+                );
+                counts.churn_found.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::NotFound, "{}: {status:?}", p.name);
+                assert_ne!(
+                    p.state.load(Ordering::SeqCst),
+                    LIVE,
+                    "{}: NotFound before its removal was sent",
+                    p.name
+                );
+                counts.churn_gone.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        counts.ops.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The value the churned token's resolve returned, or its status code.
+async fn resolve(resolver: &mut TokenResolverClient<Channel>, name: &str) -> Result<String, Code> {
+    resolver
+        .resolve_token(ResolveTokenRequest {
+            name: name.to_owned(),
+        })
+        .await
+        .map(|r| r.get_ref().value.clone())
+        .map_err(|s| s.code())
+}
+
+/// Publishes `name` in `slot` for the readers, live.
+fn publish(slot: &Mutex<Option<Published>>, name: &str, value: &str) -> Arc<AtomicU8> {
+    let state = Arc::new(AtomicU8::new(LIVE));
+    *slot.lock().expect("slot") = Some(Published {
+        name: name.to_owned(),
+        value: value.to_owned(),
+        state: state.clone(),
+    });
+    state
+}
+
+/// A churner: rounds of [`churn_once`] until told to stop.
+async fn churn(
+    a: usize,
+    mut admin: TokenAdminClient<Channel>,
+    mut resolver: TokenResolverClient<Channel>,
+    stop: Arc<AtomicBool>,
+    counts: Arc<Counts>,
+    slots: Slots,
+) {
+    for k in 0..1_000_000u64 {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let id = format!("churn-{a}-{k}");
+        churn_once(&id, k, &mut admin, &mut resolver, &slots[a]).await;
+        counts.churn_checked.fetch_add(4, Ordering::Relaxed);
+        counts.ops.fetch_add(9, Ordering::Relaxed);
+    }
+}
+
+/// Create, get, rename (to a new id), list, remove one token, resolving it
+/// after each change and publishing it in `slot` for the readers.
+async fn churn_once(
+    id: &str,
+    k: u64,
+    admin: &mut TokenAdminClient<Channel>,
+    resolver: &mut TokenResolverClient<Channel>,
+    slot: &Mutex<Option<Published>>,
+) {
+    let value = format!("sk-soak-{id}");
+    let token = admin
+        .create_token(create_request("acme", id, &value))
+        .await
+        .expect("create")
+        .into_inner();
+    let state = publish(slot, &token.name, &value);
+    assert_eq!(resolve(resolver, &token.name).await, Ok(value.clone()));
+    admin
+        .get_token(GetTokenRequest {
+            name: token.name.clone(),
+        })
+        .await
+        .expect("get");
+    state.store(GOING, Ordering::SeqCst);
+    let renamed = admin
+        .rename_token(RenameTokenRequest {
+            name: token.name.clone(),
+            display_name: Some(format!("renamed {k}")),
+            new_token_id: Some(format!("{id}-r")),
+            etag: Some(token.etag),
+        })
+        .await
+        .expect("rename")
+        .into_inner();
+    state.store(GONE, Ordering::SeqCst);
+    let state = publish(slot, &renamed.name, &value);
+    assert_eq!(resolve(resolver, &token.name).await, Err(Code::NotFound));
+    assert_eq!(resolve(resolver, &renamed.name).await, Ok(value));
+    admin
+        .list_tokens(ListTokensRequest {
+            parent: "tenants/acme".into(),
+            page_size: 50,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    state.store(GOING, Ordering::SeqCst);
+    admin
+        .remove_token(RemoveTokenRequest {
+            name: renamed.name.clone(),
+            etag: Some(renamed.etag),
+            force: true,
+        })
+        .await
+        .expect("remove");
+    state.store(GONE, Ordering::SeqCst);
+    assert_eq!(resolve(resolver, &renamed.name).await, Err(Code::NotFound));
 }
