@@ -9,7 +9,7 @@
 //! - [`Maintenance`]: checkpoints, compaction, backups.
 //!
 //! [`Store`] is all of them, for wiring. [`sqlite`] is the embedded
-//! implementation; a fake in memory ([`memory`], test builds and the
+//! implementation; a fake in memory (`memory`, test builds and the
 //! `testkit` feature) lets the domain be tested without sockets or files.
 //!
 //! Rules every implementation keeps: values arrive sealed and are stored as

@@ -72,6 +72,10 @@ fn transport_error(status: &tonic::Status) -> Option<String> {
     match status.code() {
         Code::Unavailable => Some(format!("Unavailable: {text}")),
         Code::Unknown if transport => Some(format!("Unknown: {text}")),
+        // hyper cancels a request whose connection closed under it.
+        Code::Cancelled if lower.contains("connection closed") => {
+            Some(format!("Cancelled: {text}"))
+        }
         _ => None,
     }
 }
@@ -263,6 +267,11 @@ fn only_connection_failures_count_as_transport_errors() {
         tonic::Status::unavailable("tcp connect error"),
         with_source("transport error", ConnectionReset, "connection reset"),
         with_source("transport error", BrokenPipe, "broken pipe"),
+        {
+            let mut closed = tonic::Status::cancelled("operation was canceled");
+            closed.set_source(Arc::new(std::io::Error::new(Other, "connection closed")));
+            closed
+        },
     ] {
         assert!(transport_error(&transport).is_some(), "{transport:?}");
     }
