@@ -18,7 +18,12 @@
 //! client_ca = "ca.pem"
 //!
 //! [store]
-//! database = "aitokens.db"
+//! database = "aitokens.db"       # a SQLite file, or:
+//! # url = "postgres://aitokens@db1,db2/aitokens?target_session_attrs=read-write&sslmode=verify-full&sslrootcert=db-ca.pem"
+//! # password_file = "pg-password"  # the PostgreSQL password (never in the url)
+//! # outage_grace_secs = 0         # resolve from cache this long while PostgreSQL is unreachable
+//! # pool_size = 16                # PostgreSQL connections per replica (plus one that LISTENs)
+//! # notifications = true          # LISTEN for other replicas' changes (false behind PgBouncer)
 //! master_key_file = "master.key"
 //!
 //! [usage]                    # optional; these are the defaults
@@ -56,6 +61,7 @@ use zeroize::Zeroizing;
 use crate::{
     crypto::KeySource,
     error::{Error, Result},
+    store::StoreLocation,
 };
 
 /// Everything `serve` needs.
@@ -229,8 +235,33 @@ fn default_tls_reload_interval_secs() -> u64 {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// The SQLite database file; created (mode 0600) if absent.
+    /// The SQLite database file; created (mode 0600) if absent. Either this
+    /// or `url`.
+    #[serde(default, skip_serializing_if = "path_is_empty")]
     pub database: PathBuf,
+    /// Or a PostgreSQL database, `postgres://USER@HOST[:PORT][,HOST2...]/DB`
+    /// (with `?target_session_attrs=read-write` for several hosts, and
+    /// `sslmode=verify-full&sslrootcert=CA.pem` for TLS). Never a password:
+    /// see `password_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The PostgreSQL password, the first line of this file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// How long a replica that cannot reach PostgreSQL keeps resolving from
+    /// its cache, in seconds. 0 (the default) refuses at once: during a
+    /// grace, a removal or disable made on another replica is not seen.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub outage_grace_secs: u64,
+    /// PostgreSQL connections per replica (default 16); one more LISTENs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<usize>,
+    /// Whether a replica LISTENs for the changes other replicas make, to
+    /// drop cached rows within milliseconds (default true). Off (behind a
+    /// transaction-mode pooler such as PgBouncer, where LISTEN does not
+    /// work), changes are seen by the generation poll, within 250 ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<bool>,
     /// Root key source (exactly one of the four): a key file, 32 bytes raw
     /// or base64, mode 0600 or stricter...
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -257,7 +288,43 @@ pub enum PassphraseInput {
     Prompt,
 }
 
+fn path_is_empty(path: &Path) -> bool {
+    path.as_os_str().is_empty()
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl StoreConfig {
+    /// Where the store is: the SQLite `database` or the PostgreSQL `url`
+    /// (exactly one).
+    pub fn location(&self) -> Result<StoreLocation> {
+        match (path_is_empty(&self.database), &self.url) {
+            (false, None) => Ok(StoreLocation::Sqlite(self.database.clone())),
+            (true, Some(url)) => {
+                let mut location = StoreLocation::parse(url, self.password_file.as_deref())?;
+                if let StoreLocation::Postgres(target) = &mut location {
+                    if let Some(size) = self.pool_size {
+                        if size == 0 {
+                            return Err(Error::config(
+                                "config [store] pool_size must be at least 1",
+                            ));
+                        }
+                        target.set_pool_size(size);
+                    }
+                    if let Some(listen) = self.notifications {
+                        target.set_notifications(listen);
+                    }
+                }
+                Ok(location)
+            }
+            _ => Err(Error::config(
+                "config [store]: set exactly one of database (a SQLite file) and url (postgres://...)",
+            )),
+        }
+    }
+
     /// The configured root key source; exactly one must be set. An
     /// environment variable is read here (callers that can should then
     /// remove it from the environment).
@@ -333,14 +400,16 @@ impl Config {
             &mut self.internal.cert,
             &mut self.internal.key,
             &mut self.internal.client_ca,
-            &mut self.store.database,
         ];
         let crls = self
             .admin
             .crls
             .iter_mut()
             .chain(self.internal.crls.iter_mut());
+        let database = (!path_is_empty(&self.store.database)).then_some(&mut self.store.database);
         let optional = [
+            database,
+            self.store.password_file.as_mut(),
             self.audit.jsonl.as_mut(),
             self.audit.anchor.as_mut(),
             self.store.master_key_file.as_mut(),

@@ -118,6 +118,11 @@ pub fn prepare(
         internal: listener(internal, "ca.pem"),
         store: StoreConfig {
             database: "aitokens.db".into(),
+            url: None,
+            password_file: None,
+            outage_grace_secs: 0,
+            pool_size: None,
+            notifications: None,
             master_key_file: Some("master.key".into()),
             master_key_env: None,
             passphrase_file: None,
@@ -133,12 +138,20 @@ pub fn prepare(
         metrics: metrics.map(|listen| MetricsConfig { listen }),
         bench: BenchConfig::default(),
     };
-    let text = toml::to_string(&config).map_err(|e| Error::Internal(format!("config: {e}")))?;
-    let config_path = dir.join("config.toml");
-    let header = "# Written by `aitokens dev`; `aitokens serve --config` reads the same format.\n";
-    replace_file(&config_path, format!("{header}{text}").as_bytes())?;
+    save_config(dir, &config)?;
     config.rebase(dir);
     Ok(DevSetup { config, created })
+}
+
+/// Writes `config` as the folder's `config.toml` (what `aitokens serve
+/// --config` reads).
+pub fn save_config(dir: &Path, config: &Config) -> Result<()> {
+    let text = toml::to_string(config).map_err(|e| Error::Internal(format!("config: {e}")))?;
+    let header = "# Written by `aitokens dev`; `aitokens serve --config` reads the same format.\n";
+    replace_file(
+        &dir.join("config.toml"),
+        format!("{header}{text}").as_bytes(),
+    )
 }
 
 /// Checks that the dev listeners stay on this machine: an address that is

@@ -3,7 +3,7 @@
 //!
 //! The benchmark runs the real server as a child process (`aitokens serve
 //! --config FILE`: both listeners, real mutual TLS, a real SQLite file in a
-//! temp dir), so that the server's CPU time and memory can be read from
+//! temp dir, or with `--store` a fresh PostgreSQL database), so that the server's CPU time and memory can be read from
 //! `/proc/PID/stat` and `/proc/PID/status` apart from the load generator's.
 //! Everything binds to and connects to 127.0.0.1; every load loop is bounded
 //! in time and in count.
@@ -20,7 +20,9 @@
 //!    same server on the same internal listener behind the same mTLS (turned
 //!    on by `[bench] echo = true` in the config the benchmark writes).
 //! 5. **create**: CreateToken throughput, one caller, then C callers.
-//! 6. **catalog**: a second database with 100k tokens in one tenant: startup
+//! 6. **replicas** (PostgreSQL only): a second server over the same
+//!    database, and the resolve load spread over both.
+//! 7. **catalog**: a second database with 100k tokens in one tenant: startup
 //!    time, memory, ListTokens latency of the first page against a page 100k
 //!    deep, and a resolve load over it.
 //!
@@ -130,9 +132,15 @@ pub struct Options {
     #[arg(long)]
     pub no_usage_tracking: bool,
     /// Memory for the server's resolve cache of sealed rows, in MiB
-    /// (`[cache] max_mib`); 0 reads every resolve from SQLite.
+    /// (`[cache] max_mib`); 0 reads every resolve from the store.
     #[arg(long, default_value_t = aitokens::tokens::DEFAULT_CACHE_BYTES >> 20)]
     pub cache_mib: usize,
+    /// Run every phase on PostgreSQL instead of SQLite:
+    /// `postgres://USER@HOST[:PORT]/DB`, where the bench creates (and
+    /// drops) a fresh database per phase; DB is the one it connects to for
+    /// that. Adds a phase with two replicas behind the same load generator.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
 }
 
 /// What `aitokens-bench` can do besides measuring.
@@ -185,6 +193,10 @@ pub async fn run(options: Options) -> Result<Report> {
             warmup_s: options.warmup,
             usage_tracking: !options.no_usage_tracking,
             cache_mib: options.cache_mib,
+            store: match &options.store {
+                Some(_) => "postgres".into(),
+                None => "sqlite".into(),
+            },
         },
         ..Report::default()
     };

@@ -48,7 +48,7 @@ impl Bench {
 
     /// Seed, resolve, floor and create, on one server.
     pub async fn main_phases(&self, report: &mut Report) -> Result<()> {
-        let data = DataDir::prepare(true, &self.options)?;
+        let data = DataDir::prepare(true, &self.options).await?;
         say(&format!("seeding {} tokens ...", self.options.tokens));
         report.seed = Some(data.seed(TENANT, self.options.tokens).await?);
         let server = ServerProcess::start(&self.exe, &data, &self.options.server_log).await?;
@@ -98,6 +98,10 @@ impl Bench {
                     server_cpu: r.server_cpu_us_per_req / f.server_cpu_us_per_req,
                 });
             }
+            if data.database.is_some() {
+                say("resolve, two replicas ...");
+                report.resolve_two_replicas = Some(self.two_replicas(&data, &server).await?);
+            }
         }
 
         if !self.options.skip.contains(&Phase::Create) {
@@ -144,7 +148,7 @@ impl Bench {
     /// The large-catalog phase, on a server of its own.
     pub async fn catalog_phase(&self) -> Result<CatalogFigures> {
         let tokens = self.options.catalog_tokens;
-        let data = DataDir::prepare(false, &self.options)?;
+        let data = DataDir::prepare(false, &self.options).await?;
         say(&format!("catalog: seeding {tokens} tokens ..."));
         let seed = data.seed(CATALOG_TENANT, tokens).await?;
         let server = ServerProcess::start(&self.exe, &data, &self.options.server_log).await?;
@@ -298,15 +302,39 @@ impl Bench {
         F: Fn(usize, u64, u64) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = std::result::Result<(), String>> + Send + 'static,
     {
+        self.measure_on(&[server], callers, per_caller, warmup, op)
+            .await
+    }
+
+    /// [`Bench::measure`] with the server CPU of every one of `servers`
+    /// counted (the peak RSS is the first's).
+    async fn measure_on<F, Fut>(
+        &self,
+        servers: &[&ServerProcess],
+        callers: usize,
+        per_caller: u64,
+        warmup: Duration,
+        op: F,
+    ) -> Result<LoadFigures>
+    where
+        F: Fn(usize, u64, u64) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = std::result::Result<(), String>> + Send + 'static,
+    {
         if !warmup.is_zero() {
             drive(callers, warmup, per_caller, 1 << 40, op.clone()).await?;
         }
-        let server_cpu = server.cpu_time()?;
+        let servers_cpu = || -> Result<Duration> {
+            servers
+                .iter()
+                .map(|s| s.cpu_time())
+                .sum::<Result<Duration>>()
+        };
+        let server_cpu = servers_cpu()?;
         let loader_cpu = cpu_time("self")?;
         let started = Instant::now();
         let outcome = drive(callers, self.duration(), per_caller, 0, op).await?;
         let seconds = started.elapsed().as_secs_f64();
-        let server_cpu = server.cpu_time()?.saturating_sub(server_cpu);
+        let server_cpu = servers_cpu()?.saturating_sub(server_cpu);
         let loader_cpu = cpu_time("self")?.saturating_sub(loader_cpu);
         let ok = outcome.latency.len();
         let per_req = |cpu: Duration| {
@@ -328,7 +356,45 @@ impl Bench {
             max_us: outcome.latency.max() as f64 / 1e3,
             server_cpu_us_per_req: per_req(server_cpu),
             loader_cpu_us_per_req: per_req(loader_cpu),
-            server_peak_rss_kib: server.status_kib("VmHWM")?,
+            server_peak_rss_kib: servers[0].status_kib("VmHWM")?,
         })
+    }
+
+    /// PostgreSQL: a second replica over the same database, and the resolve
+    /// load of the main phase spread over both (half the connections each).
+    async fn two_replicas(&self, data: &DataDir, first: &ServerProcess) -> Result<LoadFigures> {
+        let second = ServerProcess::start_logging_to(
+            &self.exe,
+            data,
+            &self.options.server_log,
+            "server-b.log",
+        )
+        .await?;
+        self.cache_warm(&second).await?;
+        let per_replica = self.options.connections.div_ceil(2).max(1);
+        let mut clients = Vec::new();
+        for server in [first, &second] {
+            let channels = data.channels(server.internal, "agent", per_replica).await?;
+            clients.extend(channels.into_iter().map(TokenResolverClient::new));
+        }
+        let tokens = self.options.tokens;
+        let resolve = move |caller: usize, _seq: u64, random: u64| {
+            let mut client = clients[caller % clients.len()].clone();
+            async move { resolve_one(&mut client, TENANT, random % tokens).await }
+        };
+        let callers = self.options.concurrency as usize;
+        let per_caller = self.options.max_requests.div_ceil(callers as u64);
+        first.reset_peak_rss();
+        let figures = self
+            .measure_on(
+                &[first, &second],
+                callers,
+                per_caller,
+                self.warmup(),
+                resolve,
+            )
+            .await?;
+        second.stop().await?;
+        Ok(figures)
     }
 }

@@ -33,6 +33,9 @@ pub struct Report {
     pub create_sequential: Option<LoadFigures>,
     /// CreateToken, C callers.
     pub create_concurrent: Option<LoadFigures>,
+    /// ResolveToken under the same load spread over two replicas of one
+    /// PostgreSQL database (server CPU: both servers together).
+    pub resolve_two_replicas: Option<LoadFigures>,
     /// The large-catalog phase.
     pub catalog: Option<CatalogFigures>,
     /// Each target against its figure, judged from the unrounded figures
@@ -71,6 +74,13 @@ pub struct SetupFigures {
     pub usage_tracking: bool,
     /// Server resolve cache, MiB (0: off).
     pub cache_mib: usize,
+    /// The store: `sqlite` or `postgres`.
+    #[serde(default = "sqlite")]
+    pub store: String,
+}
+
+fn sqlite() -> String {
+    "sqlite".into()
 }
 
 /// How the database was filled.
@@ -187,7 +197,8 @@ pub fn render(report: &Report) -> String {
     };
     let _ = writeln!(
         out,
-        "server: usage tracking {}, resolve cache {cache}",
+        "server: {} store, usage tracking {}, resolve cache {cache}",
+        s.store,
         on_off(s.usage_tracking)
     );
     if let Some(seed) = &report.seed {
@@ -246,6 +257,7 @@ pub fn render(report: &Report) -> String {
         ("floor (echo)", &report.floor),
         ("create, 1 caller", &report.create_sequential),
         ("create, concurrent", &report.create_concurrent),
+        ("resolve, 2 replicas", &report.resolve_two_replicas),
     ] {
         if let Some(f) = figures {
             row(&mut out, name, f);
@@ -263,6 +275,14 @@ pub fn render(report: &Report) -> String {
             out,
             "\nresolve / floor (unrounded): throughput {}, p99 {}, server CPU per request {}",
             r.throughput, r.p99, r.server_cpu
+        );
+    }
+    if let (Some(one), Some(two)) = (&report.resolve, &report.resolve_two_replicas) {
+        let _ = writeln!(
+            out,
+            "two replicas / one (unrounded): throughput {}, server CPU per request {}",
+            two.requests_per_s / one.requests_per_s,
+            two.server_cpu_us_per_req / one.server_cpu_us_per_req
         );
     }
     if let Some(c) = &report.catalog {

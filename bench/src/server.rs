@@ -13,7 +13,7 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use aitokens::{config::Config, dev};
+use aitokens::{config::Config, dev, store::postgres::scratch::ScratchDatabase};
 
 use crate::{
     Error, Options, READY_TIMEOUT, Result,
@@ -27,6 +27,8 @@ use crate::{
 pub struct DataDir {
     /// The folder.
     pub dir: tempfile::TempDir,
+    /// With `--store`: the phase's PostgreSQL database (dropped after it).
+    pub database: Option<ScratchDatabase>,
     /// The config the server runs with.
     pub config_path: PathBuf,
     /// The same, parsed.
@@ -35,7 +37,7 @@ pub struct DataDir {
 
 impl DataDir {
     /// A fresh data folder; `echo` serves the Echo floor.
-    pub fn prepare(echo: bool, options: &Options) -> Result<Self> {
+    pub async fn prepare(echo: bool, options: &Options) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("aitokens-bench-")
             .tempdir()
@@ -46,12 +48,22 @@ impl DataDir {
         config.bench.echo = echo;
         config.usage.track = !options.no_usage_tracking;
         config.cache.max_mib = options.cache_mib;
+        let database = match &options.store {
+            Some(url) => {
+                let database = ScratchDatabase::create_on(url).await?;
+                config.store.database = PathBuf::new();
+                config.store.url = Some(database.url().to_owned());
+                Some(database)
+            }
+            None => None,
+        };
         let config_path = dir.path().join("bench.toml");
         let text = toml::to_string(&config).map_err(|e| Error::Internal(format!("config: {e}")))?;
         std::fs::write(&config_path, text)
             .map_err(|e| Error::Setup(format!("writing {}: {e}", config_path.display())))?;
         Ok(Self {
             dir,
+            database,
             config_path,
             config,
         })
@@ -129,7 +141,18 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Spawns the server and waits until both listeners answer health checks.
     pub async fn start(exe: &Path, data: &DataDir, log_filter: &str) -> Result<Self> {
-        let log = data.dir.path().join("server.log");
+        Self::start_logging_to(exe, data, log_filter, "server.log").await
+    }
+
+    /// [`ServerProcess::start`] with its log in `log_name` (a second
+    /// replica over the same data folder).
+    pub async fn start_logging_to(
+        exe: &Path,
+        data: &DataDir,
+        log_filter: &str,
+        log_name: &str,
+    ) -> Result<Self> {
+        let log = data.dir.path().join(log_name);
         let log_file = std::fs::File::create(&log)
             .map_err(|e| Error::Setup(format!("creating {}: {e}", log.display())))?;
         let log_err = log_file

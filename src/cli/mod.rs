@@ -29,7 +29,8 @@ use crate::crypto::KeySource;
 
 pub use connect::ConnectArgs;
 pub use offline::{
-    AuditCommand, BackupArgs, InitArgs, KeysCommand, Offline, OfflineCommand, RestoreArgs,
+    AuditCommand, BackupArgs, InitArgs, KeysCommand, MigrateArgs, Offline, OfflineCommand,
+    RestoreArgs, StoreCommand,
 };
 pub use output::OutputFormat;
 pub use profile::{ClientIdentity, DEV_PROFILE, Profile};
@@ -103,6 +104,18 @@ pub enum Command {
     /// opens it and every value in it. Refused while a server holds the
     /// database: stop it first.
     Restore(RestoreArgs),
+    /// Apply the store's schema migrations (PostgreSQL: a server refuses to
+    /// start on a schema older or newer than it knows; SQLite migrates when
+    /// opened). Safe to run from several replicas at once.
+    Migrate(MigrateArgs),
+    /// Copy a store to another without decrypting anything (moving from
+    /// SQLite to PostgreSQL), then check that every value opens with the
+    /// root key and that the audit chain verifies.
+    Store {
+        /// What to do.
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Measure ResolveToken against the transport floor (a trivial Echo RPC
     /// over the identical mTLS setup), plus CreateToken, ListTokens depth,
     /// startup time and memory. Runs the `aitokens-bench` program installed
@@ -152,6 +165,8 @@ impl Command {
             | Self::Keys { .. }
             | Self::Backup(_)
             | Self::Restore(_)
+            | Self::Migrate(_)
+            | Self::Store { .. }
             | Self::Audit { .. } => "warn",
         }
     }
@@ -177,6 +192,8 @@ pub async fn run(cli: Cli, key_source: Option<KeySource>) -> ExitCode {
         Command::Keys { command } => offline::run(OfflineCommand::Keys(command)).await,
         Command::Backup(args) => offline::run(OfflineCommand::Backup(args)).await,
         Command::Restore(args) => offline::run(OfflineCommand::Restore(args)).await,
+        Command::Migrate(args) => offline::run(OfflineCommand::Migrate(args)).await,
+        Command::Store { command } => offline::run(OfflineCommand::Store(command)).await,
         Command::Audit { command } => offline::run(OfflineCommand::Audit(command)).await,
     }
 }

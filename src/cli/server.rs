@@ -18,6 +18,7 @@ use crate::{
     dev,
     rotation::Legacy,
     server::{Server, tls},
+    store::{PgStore, StoreLocation},
     telemetry::{Telemetry, serve_http},
 };
 
@@ -37,6 +38,13 @@ pub struct DevArgs {
     /// /healthz, /readyz). 0 picks a free port.
     #[arg(long, default_value_t = 9090)]
     pub metrics_port: u16,
+    /// Where the data lives: `sqlite:PATH`, or a `postgres://USER@HOST/DB`
+    /// URL (the schema is migrated; the folder still holds the
+    /// certificates, policy and master key). The password, if any, comes
+    /// from `AITOKENS_PG_PASSWORD_FILE`, never from the URL. [default: the
+    /// folder's aitokens.db]
+    #[arg(long, value_name = "LOCATION")]
+    pub store: Option<String>,
     /// Allow --admin-addr and --internal-addr to be non-loopback addresses
     /// (refused otherwise): the dev policy lets its certificates do
     /// everything, and its keys sit unencrypted in DIR.
@@ -93,6 +101,7 @@ async fn run_dev(args: DevArgs) -> Result<()> {
         admin_addr,
         internal_addr,
         metrics_port,
+        store,
         insecure_allow_remote: _,
     } = args;
     let metrics_addr = SocketAddr::from(([127, 0, 0, 1], metrics_port));
@@ -107,9 +116,13 @@ async fn run_dev(args: DevArgs) -> Result<()> {
     for path in &setup.created {
         tracing::info!(path = %path.display(), "created");
     }
-    let source = setup.config.store.key_source()?;
+    let mut config = setup.config;
+    if let Some(store) = store {
+        use_store(&dir, &mut config, &store).await?;
+    }
+    let source = config.store.key_source()?;
     run_server(
-        &setup.config,
+        &config,
         source,
         Legacy::Upgrade,
         |admin, internal, metrics| {
@@ -137,6 +150,31 @@ async fn run_serve(args: ServeArgs, source: Option<KeySource>) -> Result<()> {
         },
     )
     .await
+}
+
+/// Points the dev folder's config at `store` (`sqlite:PATH` or a
+/// PostgreSQL URL, whose schema is migrated here).
+async fn use_store(dir: &Path, config: &mut Config, store: &str) -> Result<()> {
+    let password_file = std::env::var_os("AITOKENS_PG_PASSWORD_FILE").map(PathBuf::from);
+    match StoreLocation::parse(store, password_file.as_deref())? {
+        StoreLocation::Sqlite(path) => {
+            config.store.database = std::path::absolute(&path)
+                .map_err(|e| Error::config(format!("--store {}: {e}", path.display())))?;
+            config.store.url = None;
+        }
+        StoreLocation::Postgres(target) => {
+            let applied = PgStore::migrate(&target).await?;
+            tracing::info!(
+                store = target.shown(),
+                migrations = applied,
+                "using PostgreSQL"
+            );
+            config.store.database = PathBuf::new();
+            config.store.url = Some(store.to_owned());
+            config.store.password_file = password_file;
+        }
+    }
+    dev::save_config(dir, config)
 }
 
 /// Binds the metrics listener (so `/healthz` answers and `/readyz` says "not

@@ -42,7 +42,7 @@ use crate::{
         token_resolver_server::TokenResolverServer,
     },
     rotation::{KeyRotation, Legacy, Missing, unlock},
-    store::{SharedStore, SqliteStore},
+    store::{AuditMirror, SharedStore, StoreLocation},
     telemetry::{Gauges, GrpcLayer, Telemetry},
     tokens::{Accounting, Domain, TokenSettings},
 };
@@ -91,6 +91,9 @@ pub struct Server {
     /// Writes the audit chain's checkpoints outside the database.
     checkpoints: Arc<Checkpointer>,
     checkpoint_interval: Duration,
+    /// How long resolves may be served from the cache while the store does
+    /// not answer.
+    outage_grace: Duration,
 }
 
 /// What start-up reads from files, off the executor.
@@ -99,7 +102,7 @@ struct Loaded {
     admin_tls: Arc<TlsMaterial>,
     internal_tls: Arc<TlsMaterial>,
     material: crate::crypto::RootMaterial,
-    store: SqliteStore,
+    location: StoreLocation,
     mirror: Option<Arc<JsonlSink>>,
 }
 
@@ -132,7 +135,8 @@ impl Server {
                 .map_err(|e| Error::Internal(format!("start-up task failed: {e}")))??
         };
         let audit = Arc::new(AuditQueue::default());
-        let store: SharedStore = Arc::new(loaded.store);
+        let mirror = loaded.mirror.clone().map(|m| m as Arc<dyn AuditMirror>);
+        let store = crate::store::open(&loaded.location, mirror).await?;
         let keyring = Arc::new(unlock(&*store, loaded.material, Missing::Create, legacy).await?);
         if config.bench.echo {
             tracing::warn!(
@@ -188,6 +192,7 @@ impl Server {
             echo: config.bench.echo,
             checkpoints,
             checkpoint_interval: Duration::from_secs(config.audit.checkpoint_interval_secs),
+            outage_grace: Duration::from_secs(config.store.outage_grace_secs),
         })
     }
 
@@ -229,6 +234,8 @@ impl Server {
         if let Err(e) = self.store.checkpoint().await {
             tracing::warn!(error = %e, "final database checkpoint failed");
         }
+        // Whoever still holds the telemetry must not keep the store open.
+        self.telemetry.clear_gauge_source();
         tracing::info!("server stopped");
         served.and(flushed)
     }
@@ -239,7 +246,14 @@ impl Server {
         policy_hangup: Option<tasks::Hangup>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let resolver = self.domain.resolver.clone();
-        vec![
+        let feed = self.store.subscribe_changes().map(|changes| {
+            tokio::spawn(tasks::follow_store_changes(
+                resolver.clone(),
+                changes,
+                stop.clone(),
+            ))
+        });
+        let mut tasks = vec![
             // Joined like the others: a stop ends a warm-up still running,
             // so that the store (and its database lock) is let go at once.
             tokio::spawn(tasks::warm_resolve_cache(resolver.clone())),
@@ -255,7 +269,12 @@ impl Server {
                 self.flush_interval,
                 stop.clone(),
             )),
-            tokio::spawn(tasks::notice_store_changes(resolver, stop.clone())),
+            tokio::spawn(tasks::notice_store_changes(
+                resolver.clone(),
+                self.telemetry.clone(),
+                self.outage_grace,
+                stop.clone(),
+            )),
             tokio::spawn(tasks::recount_tokens(self.domain.clone(), stop.clone())),
             tokio::spawn(tasks::checkpoint_periodically(
                 self.checkpoints.clone(),
@@ -269,7 +288,9 @@ impl Server {
                 self.telemetry.clone(),
                 stop.clone(),
             )),
-        ]
+        ];
+        tasks.extend(feed);
+        tasks
     }
 
     async fn serve_listeners(
@@ -453,21 +474,18 @@ fn load(config: &Config, source: &KeySource) -> Result<Loaded> {
     let admin_tls = TlsMaterial::load(&config.admin, "admin")?;
     let internal_tls = TlsMaterial::load(&config.internal, "internal")?;
     let material = source.load()?;
-    let mut store = SqliteStore::open(&config.store.database)?;
+    let location = config.store.location()?;
     let mirror = config
         .audit
         .jsonl
         .as_ref()
         .map(|path| Arc::new(JsonlSink::new(path.clone())));
-    if let Some(mirror) = &mirror {
-        store = store.with_audit_mirror(mirror.clone());
-    }
     Ok(Loaded {
         policy,
         admin_tls,
         internal_tls,
         material,
-        store,
+        location,
         mirror,
     })
 }

@@ -17,14 +17,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use super::tls::{Reload, TlsMaterial};
 use crate::{
     audit::Checkpointer,
     auth::{Policy, PolicyHandle},
     rotation::{KeyRotation, REWRAP_BATCH},
-    store::Maintenance,
+    store::{Lease, Maintenance, StoreChange},
     telemetry::Telemetry,
     tokens::{Domain, Flusher, Resolver},
 };
@@ -112,19 +112,79 @@ pub(super) async fn warm_resolve_cache(resolver: Resolver) {
     }
 }
 
-/// Drops the resolve cache whenever the database changed (see
-/// [`Resolver::notice_store_changes`]) until stop.
-pub(super) async fn notice_store_changes(resolver: Resolver, mut stop: watch::Receiver<bool>) {
+/// Longest a change-generation poll may take before the store counts as
+/// unreachable.
+const POLL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Drops cached rows whenever the database changed behind this process
+/// (see [`Resolver::notice_store_changes`]), and tracks whether the store
+/// answers: `/readyz` says not ready while it does not, and after `grace`
+/// without an answer the cache is dropped, so resolves are refused rather
+/// than served from rows that may have been removed elsewhere.
+pub(super) async fn notice_store_changes(
+    resolver: Resolver,
+    telemetry: Telemetry,
+    grace: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut ticker = tokio::time::interval(STORE_CHANGE_POLL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unreachable_since: Option<Instant> = None;
     loop {
         tokio::select! {
-            _ = ticker.tick() => match resolver.notice_store_changes().await {
-                Ok(true) => tracing::debug!("the database changed; resolve cache dropped"),
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "could not check the database for changes; will retry"),
-            },
+            _ = ticker.tick() => {}
             () = stopped(&mut stop) => return,
+        }
+        match tokio::time::timeout(POLL_TIMEOUT, resolver.notice_store_changes()).await {
+            Ok(Ok(changed)) => {
+                if unreachable_since.take().is_some() {
+                    tracing::info!("the store answers again");
+                }
+                telemetry.set_store_reachable(true);
+                if changed {
+                    tracing::debug!("the database changed; resolve cache dropped");
+                }
+            }
+            outcome => {
+                let since = *unreachable_since.get_or_insert_with(|| {
+                    let why = match &outcome {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {POLL_TIMEOUT:?}"),
+                    };
+                    tracing::warn!(error = %why, grace = ?grace, "the store does not answer; not ready");
+                    Instant::now()
+                });
+                telemetry.set_store_reachable(false);
+                if since.elapsed() >= grace {
+                    resolver.drop_cache();
+                }
+            }
+        }
+    }
+}
+
+/// Applies the changes a store reports as they are committed (PostgreSQL's
+/// NOTIFY: every replica's changes, this one's included) until stop.
+pub(super) async fn follow_store_changes(
+    resolver: Resolver,
+    mut changes: broadcast::Receiver<StoreChange>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let change = tokio::select! {
+            change = changes.recv() => change,
+            () = stopped(&mut stop) => return,
+        };
+        match change {
+            Ok(change) => resolver.apply(&change),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "change notifications came faster than they were applied; resolve cache dropped"
+                );
+                resolver.drop_cache();
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
         }
     }
 }
@@ -179,28 +239,14 @@ pub(super) async fn maintain_keys(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_vacuum = Instant::now();
+    let mut lease = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             () = stopped(&mut stop) => return,
         }
         let vacuum_due = last_vacuum.elapsed() >= VACUUM_INTERVAL;
-        let work = async {
-            keys.reload_if_changed().await?;
-            let started = Instant::now();
-            let mut scanned = 0;
-            while started.elapsed() < REWRAP_SLICE {
-                match keys.rewrap_step(REWRAP_BATCH).await? {
-                    0 => break,
-                    n => scanned += n,
-                }
-            }
-            if vacuum_due {
-                store.vacuum().await?;
-            }
-            Ok::<_, crate::Error>(scanned)
-        };
-        let outcome = work.await;
+        let outcome = maintain_once(&keys, &*store, &mut lease, vacuum_due).await;
         if vacuum_due {
             last_vacuum = Instant::now();
         }
@@ -210,6 +256,41 @@ pub(super) async fn maintain_keys(
             Err(e) => tracing::error!(error = %e, "key maintenance failed; will retry"),
         }
     }
+}
+
+/// One round of key maintenance: the keyring reloaded if another process
+/// changed it (every replica), then a slice of the re-wrap job, which one
+/// process at a time runs: this one while it holds the job's lease (kept
+/// from round to round; if it is lost, or its holder dies, whoever asks
+/// next takes the job over).
+async fn maintain_once(
+    keys: &KeyRotation,
+    store: &dyn Maintenance,
+    lease: &mut Option<Lease>,
+    vacuum_due: bool,
+) -> crate::Result<usize> {
+    keys.reload_if_changed().await?;
+    if lease.as_ref().is_some_and(Lease::is_lost) {
+        tracing::warn!("lost the re-wrap job's lease (its database session ended)");
+        *lease = None;
+    }
+    if lease.is_none() {
+        *lease = store.lease("rewrap").await?;
+    }
+    let mut scanned = 0;
+    if lease.is_some() {
+        let started = Instant::now();
+        while started.elapsed() < REWRAP_SLICE {
+            match keys.rewrap_step(REWRAP_BATCH).await? {
+                0 => break,
+                n => scanned += n,
+            }
+        }
+    }
+    if vacuum_due {
+        store.vacuum().await?;
+    }
+    Ok(scanned)
 }
 
 /// Reloads the listeners' TLS material when its files change (checked every

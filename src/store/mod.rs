@@ -21,12 +21,19 @@
 
 #[cfg(any(test, feature = "testkit"))]
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
+pub mod transfer;
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use async_trait::async_trait;
+use tokio::sync::broadcast;
 
+pub use postgres::{PgStore, PgTarget};
 pub use sqlite::{DbLock, Hold, SqliteStore};
 
 use crate::{
@@ -152,6 +159,22 @@ pub trait AuditMirror: Send + Sync {
     fn committed(&self, records: &[AuditRecord]);
 }
 
+/// A change committed by some process to a token or a binding, as a store
+/// that can tell its clients publishes it (PostgreSQL's NOTIFY).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreChange {
+    /// The change generation moved to `generation`; `token` is a name it
+    /// touched (none: only the generation is known).
+    Changed {
+        /// The new generation.
+        generation: i64,
+        /// A token the change touched.
+        token: Option<TokenName>,
+    },
+    /// Changes may have been missed: drop everything derived from the store.
+    Resync,
+}
+
 /// Token rows.
 #[async_trait]
 pub trait TokenStore: Send + Sync + 'static {
@@ -198,6 +221,12 @@ pub trait TokenStore: Send + Sync + 'static {
     ) -> Result<Vec<(i64, TokenName, SealedToken)>>;
     /// How many tokens the store holds, across tenants.
     async fn count(&self) -> Result<u64>;
+    /// Changes as they are committed, by this process or any other, when
+    /// the store can tell (PostgreSQL); `None` when only
+    /// [`TokenStore::change_generation`] can.
+    fn subscribe_changes(&self) -> Option<broadcast::Receiver<StoreChange>> {
+        None
+    }
 }
 
 /// Declared uses of tokens.
@@ -322,6 +351,110 @@ pub trait Maintenance: Send + Sync + 'static {
     async fn vacuum(&self) -> Result<()>;
     /// Copies the live database to `dest` (a new file), consistently.
     async fn backup(&self, dest: &Path) -> Result<()>;
+    /// The lease of `job` (such as the re-wrap job), which one process at a
+    /// time holds until it drops the lease or dies; `None` while another
+    /// holds it.
+    async fn lease(&self, job: &'static str) -> Result<Option<Lease>>;
+}
+
+/// What keeps a [`Lease`] (a database session holding a lock).
+pub trait LeaseHold: Send + Sync {
+    /// Whether the hold is gone (the session ended: another process may
+    /// hold the job now).
+    fn lost(&self) -> bool;
+}
+
+/// A job held by this process until dropped (see [`Maintenance::lease`]).
+pub struct Lease {
+    held: Option<Box<dyn LeaseHold>>,
+}
+
+impl Lease {
+    /// A lease that holds nothing (a store only one process writes).
+    pub fn free() -> Self {
+        Self { held: None }
+    }
+
+    /// A lease that lasts as long as `held`.
+    pub fn holding(held: Box<dyn LeaseHold>) -> Self {
+        Self { held: Some(held) }
+    }
+
+    /// Whether the lease was lost (its session ended): drop it and ask
+    /// again.
+    pub fn is_lost(&self) -> bool {
+        self.held.as_ref().is_some_and(|h| h.lost())
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lease")
+    }
+}
+
+/// Where a store is.
+#[derive(Clone, Debug)]
+pub enum StoreLocation {
+    /// A SQLite file (the embedded default).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database.
+    Postgres(Box<PgTarget>),
+}
+
+impl StoreLocation {
+    /// Parses `sqlite:PATH`, a bare path, or a `postgres://` URL (whose
+    /// password comes from `password_file`).
+    pub fn parse(spec: &str, password_file: Option<&Path>) -> Result<Self> {
+        if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+            return Ok(Self::Postgres(Box::new(PgTarget::parse(
+                spec,
+                password_file,
+            )?)));
+        }
+        let path = spec.strip_prefix("sqlite:").unwrap_or(spec);
+        if path.is_empty() {
+            return Err(Error::config(
+                "store: name a SQLite file (sqlite:PATH) or a postgres:// URL",
+            ));
+        }
+        Ok(Self::Sqlite(PathBuf::from(path)))
+    }
+
+    /// Where, for messages (never a password).
+    pub fn shown(&self) -> String {
+        match self {
+            Self::Sqlite(path) => format!("sqlite:{}", path.display()),
+            Self::Postgres(target) => target.shown().to_owned(),
+        }
+    }
+}
+
+/// Opens the store at `location` for a server or a command: SQLite is
+/// created and migrated if needed; PostgreSQL must be migrated already.
+pub async fn open(
+    location: &StoreLocation,
+    mirror: Option<Arc<dyn AuditMirror>>,
+) -> Result<SharedStore> {
+    match location {
+        StoreLocation::Sqlite(path) => {
+            let path = path.clone();
+            let mut store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+                .await
+                .map_err(|e| Error::Internal(format!("opening the database: {e}")))??;
+            if let Some(mirror) = mirror {
+                store = store.with_audit_mirror(mirror);
+            }
+            Ok(Arc::new(store))
+        }
+        StoreLocation::Postgres(target) => {
+            let mut store = PgStore::open(PgTarget::clone(target)).await?;
+            if let Some(mirror) = mirror {
+                store = store.with_audit_mirror(mirror);
+            }
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 /// Everything a server needs of its store.

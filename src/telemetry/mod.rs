@@ -18,7 +18,7 @@ mod layer;
 
 use std::{
     sync::{
-        Arc, OnceLock,
+        Arc, RwLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -109,7 +109,8 @@ struct Inner {
     handshake_failures: Family<HandshakeLabels, Counter>,
     http_refused: Counter,
     ready: AtomicBool,
-    gauge_source: OnceLock<GaugeSource>,
+    store_reachable: AtomicBool,
+    gauge_source: RwLock<Option<GaugeSource>>,
 }
 
 type GaugeSource = Box<dyn Fn() -> Gauges + Send + Sync>;
@@ -261,7 +262,8 @@ impl Telemetry {
                 handshake_failures,
                 http_refused,
                 ready: AtomicBool::new(false),
-                gauge_source: OnceLock::new(),
+                store_reachable: AtomicBool::new(true),
+                gauge_source: RwLock::new(None),
             }),
         }
     }
@@ -271,16 +273,42 @@ impl Telemetry {
         self.inner.ready.store(ready, Ordering::SeqCst);
     }
 
-    /// Whether `/readyz` answers 200.
+    /// Whether `/readyz` answers 200: serving, and the store answers.
     pub fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::SeqCst)
+        self.inner.ready.load(Ordering::SeqCst) && self.inner.store_reachable.load(Ordering::SeqCst)
+    }
+
+    /// Records whether the store answers (a replica that cannot reach its
+    /// database is not ready: load balancers send its callers elsewhere).
+    pub fn set_store_reachable(&self, reachable: bool) {
+        self.inner
+            .store_reachable
+            .store(reachable, Ordering::SeqCst);
     }
 
     /// Where the gauges that describe the store and the resolve cache come
     /// from at each scrape. The source must answer from memory: a scrape is
     /// anonymous and must never cost the store anything.
     pub fn set_gauge_source(&self, source: impl Fn() -> Gauges + Send + Sync + 'static) {
-        let _ = self.inner.gauge_source.set(Box::new(source));
+        *self
+            .inner
+            .gauge_source
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Box::new(source));
+    }
+
+    /// Forgets the gauge source (and what it holds: a stopped server's
+    /// store and its connections); the gauges keep their last values.
+    pub fn clear_gauge_source(&self) {
+        if let Some(source) = self
+            .inner
+            .gauge_source
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            self.set_gauges(&source());
+        }
     }
 
     fn set_gauges(&self, gauges: &Gauges) {
@@ -380,7 +408,12 @@ impl Telemetry {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        if let Some(source) = self.inner.gauge_source.get() {
+        if let Some(source) = &*self
+            .inner
+            .gauge_source
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+        {
             self.set_gauges(&source());
         }
         let mut text = String::new();

@@ -16,7 +16,7 @@ use crate::{
     crypto::{Keyring, KeyringHandle},
     error::{Error, Result},
     model::{SecretValue, TokenName, micros},
-    store::{KeyringStore, TokenStore},
+    store::{KeyringStore, StoreChange, TokenStore},
 };
 
 /// Rows per store read while warming the resolve cache.
@@ -180,23 +180,42 @@ impl Resolver {
     }
 
     /// Looks at the store's change generation and drops every cached row if
-    /// it moved: another process (or this one) changed tokens or bindings.
-    /// The server calls this a few times a second.
+    /// it moved past what the change feed (if any) already accounted for:
+    /// another process (or this one) changed tokens or bindings and nobody
+    /// said which. The server calls this a few times a second. A store that
+    /// does not answer leaves the cache alone: the caller decides, after its
+    /// outage grace, to [`Resolver::drop_cache`].
     pub async fn notice_store_changes(&self) -> Result<bool> {
-        let generation = match self.tokens.change_generation().await {
-            Ok(generation) => generation,
-            Err(e) => {
-                // Freshness unknown: serve from the store until it answers.
-                self.cache.clear();
-                return Err(e);
-            }
-        };
-        let seen = self.seen_generation.swap(generation, Ordering::AcqRel);
-        if seen == generation {
+        let generation = self.tokens.change_generation().await?;
+        let seen = self.seen_generation.fetch_max(generation, Ordering::AcqRel);
+        if seen >= generation {
             return Ok(false);
         }
         self.cache.clear();
         Ok(true)
+    }
+
+    /// Applies a change the store reported: drops the cached row of the
+    /// name it touched (every row, for a resync), and notes its generation
+    /// as accounted for.
+    pub fn apply(&self, change: &StoreChange) {
+        match change {
+            StoreChange::Changed { generation, token } => {
+                match token {
+                    Some(name) => self.cache.invalidate(name),
+                    None => self.cache.clear(),
+                }
+                self.seen_generation
+                    .fetch_max(*generation, Ordering::AcqRel);
+            }
+            StoreChange::Resync => self.cache.clear(),
+        }
+    }
+
+    /// Drops every cached row: resolves go to the store (which refuses
+    /// while it cannot be reached).
+    pub fn drop_cache(&self) {
+        self.cache.clear();
     }
 
     /// The resolve cache: rows and approximate bytes held, and lookups that

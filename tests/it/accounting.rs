@@ -11,7 +11,10 @@ use aitokens::api::pb::{
 use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt;
 
-use crate::common::{Setup, create_request};
+use crate::{
+    backend,
+    common::{Setup, create_request},
+};
 
 const SECOND_AGENT: &str = "spiffe://aitokens.dev/agent-two";
 
@@ -143,15 +146,16 @@ async fn values_stop_leaving_while_the_store_refuses_writes_and_resume_after() {
     resolve(&mut client, "t").await.expect("healthy");
     let mut succeeded = 1;
 
-    // Another process takes the database's write lock and keeps it: every
-    // flush of the server now fails after its busy timeout.
-    let db = server.database();
-    let locker = std::thread::spawn(move || {
-        let conn = rusqlite::Connection::open(&db).expect("open");
-        conn.execute_batch("BEGIN EXCLUSIVE").expect("lock");
-        std::thread::sleep(Duration::from_secs(12));
-        conn.execute_batch("COMMIT").expect("unlock");
-    });
+    // Another process takes the database's write lock (SQLite) or the
+    // audit chain's head (PostgreSQL) and keeps it for 12 s: every flush of
+    // the server now fails after its busy timeout, or waits.
+    let door = server.back_door().await;
+    door.batch(if backend::postgres() {
+        "BEGIN; LOCK TABLE audit_head IN ACCESS EXCLUSIVE MODE"
+    } else {
+        "BEGIN EXCLUSIVE"
+    })
+    .await;
     let locked = Instant::now();
     let (mut refused_at, mut served_while_locked) = (None, 0);
     while locked.elapsed() < Duration::from_secs(12) {
@@ -186,7 +190,7 @@ async fn values_stop_leaving_while_the_store_refuses_writes_and_resume_after() {
         refused_at >= Duration::from_secs(1),
         "refused before the bound"
     );
-    locker.join().expect("locker");
+    door.batch("COMMIT").await;
 
     let unlocked = Instant::now();
     loop {

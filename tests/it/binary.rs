@@ -2,9 +2,12 @@
 //! logs captured and searched for every value it handled.
 
 use std::{
+    collections::HashMap,
     io::{BufRead, BufReader, Read},
     net::SocketAddr,
+    path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::{LazyLock, Mutex},
     time::{Duration, Instant},
 };
 
@@ -15,7 +18,11 @@ use aitokens::api::pb::{
 use base64::{Engine, engine::general_purpose::STANDARD};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use crate::{admin::contains, common::create_request};
+use crate::{
+    admin::contains,
+    backend::{self, TestStore},
+    common::create_request,
+};
 
 pub struct Dev {
     pub child: Child,
@@ -34,8 +41,13 @@ pub fn start_dev(dir: &std::path::Path) -> Dev {
 
 /// [`start_dev`] with more command-line arguments.
 pub fn start_dev_with(dir: &std::path::Path, extra: &[&str]) -> Dev {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aitokens"))
-        .args(["dev", "--dir"])
+    let mut command = Command::new(env!("CARGO_BIN_EXE_aitokens"));
+    command.arg("dev");
+    if let Some(store) = dev_store(dir) {
+        command.args(["--store", &store]);
+    }
+    let mut child = command
+        .arg("--dir")
         .arg(dir)
         .args([
             "--admin-addr",
@@ -84,6 +96,24 @@ pub fn start_dev_with(dir: &std::path::Path, extra: &[&str]) -> Dev {
         internal: addrs[1],
         metrics: metrics.expect("aitokens dev printed its metrics address"),
     }
+}
+
+/// The store `aitokens dev --dir DIR` uses in this run: the folder's
+/// SQLite file, or under PostgreSQL one scratch database per folder, kept
+/// for the rest of the run (a second start over the same folder finds its
+/// data).
+pub fn dev_test_store(dir: &std::path::Path) -> TestStore {
+    static STORES: LazyLock<Mutex<HashMap<PathBuf, TestStore>>> = LazyLock::new(Default::default);
+    let mut stores = STORES.lock().unwrap_or_else(|p| p.into_inner());
+    stores
+        .entry(dir.to_owned())
+        .or_insert_with(|| TestStore::new_for(dir))
+        .clone()
+}
+
+/// The `--store` to give `aitokens dev --dir DIR`, if not its default.
+fn dev_store(dir: &std::path::Path) -> Option<String> {
+    backend::postgres().then(|| dev_test_store(dir).spec())
 }
 
 pub async fn channel(dir: &std::path::Path, addr: SocketAddr, who: &str) -> Channel {
@@ -142,10 +172,14 @@ async fn dev_serves_reuses_its_folder_and_never_logs_a_value() {
         "agent.key",
         "policy.toml",
         "config.toml",
-        "aitokens.db",
     ] {
         assert!(dir.path().join(file).exists(), "{file} missing");
     }
+    assert_eq!(
+        dir.path().join("aitokens.db").exists(),
+        !backend::postgres(),
+        "the data lives in the folder's SQLite file, or in PostgreSQL only"
+    );
 
     let canaries: Vec<String> = (0..50)
         .map(|i| format!("sk-logcanary-{i:03}-c0ffee"))

@@ -1,6 +1,7 @@
 //! The resolve cache of sealed rows must never outlive a change: changes made
 //! through the server are in force for the very next resolve; changes made
-//! behind its back (another process, `sqlite3`) within the change poll.
+//! behind its back (another process) within the change poll (SQLite) or at
+//! once (PostgreSQL's change notifications).
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,6 @@ use aitokens::api::pb::{
     ListTokenUsagesRequest, RemoveTokenRequest, RenameTokenRequest, TokenBinding,
     token_resolver_client::TokenResolverClient,
 };
-use rusqlite::{Connection, params};
 use tonic::{Code, Status, transport::Channel};
 
 use crate::{
@@ -205,21 +205,24 @@ async fn a_change_behind_the_servers_back_reaches_resolves_within_the_poll() {
         .await;
     }
     // Another process moves b's ciphertexts onto a, and deletes c.
-    let conn = Connection::open(server.database()).expect("open db behind the server's back");
-    let (dek, ct): (Vec<u8>, Vec<u8>) = conn
-        .query_row(
+    let door = server.back_door().await;
+    let row = &door
+        .query(
             "SELECT wrapped_data_key, value_ciphertext FROM tokens WHERE token_id = 'b'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            &[],
         )
-        .expect("b");
-    conn.execute(
-        "UPDATE tokens SET wrapped_data_key = ?1, value_ciphertext = ?2 WHERE token_id = 'a'",
-        params![dek, ct],
-    )
-    .expect("tamper");
-    conn.execute("DELETE FROM tokens WHERE token_id = 'c'", [])
-        .expect("delete");
+        .await[0];
+    let changed = door
+        .execute(
+            "UPDATE tokens SET wrapped_data_key = $1, value_ciphertext = $2 WHERE token_id = 'a'",
+            &[row[0].clone(), row[1].clone()],
+        )
+        .await;
+    assert_eq!(changed, 1, "tampered with a");
+    let deleted = door
+        .execute("DELETE FROM tokens WHERE token_id = 'c'", &[])
+        .await;
+    assert_eq!(deleted, 1, "deleted c");
 
     let limit = Duration::from_secs(5);
     let (status, took) =

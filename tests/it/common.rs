@@ -1,5 +1,6 @@
 //! A real server for tests: certificates generated with rcgen at test time, a
-//! real SQLite file in a temp dir, both listeners on 127.0.0.1 ephemeral ports.
+//! real store (a SQLite file in a temp dir, or a scratch PostgreSQL database:
+//! see [`crate::backend`]), both listeners on 127.0.0.1 ephemeral ports.
 
 use std::{
     net::SocketAddr,
@@ -7,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use crate::backend::{BackDoor, DataFolder, TestStore};
 use aitokens::{
     api::pb::{
         CreateTokenRequest, ResolveTokenRequest, Token, token_admin_client::TokenAdminClient,
@@ -18,7 +20,6 @@ use aitokens::{
     server::{Server, tls},
     telemetry::Telemetry,
 };
-use tempfile::TempDir;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{
     Code, Status,
@@ -35,7 +36,7 @@ pub static HEAVY: std::sync::LazyLock<tokio::sync::Mutex<()>> =
 
 /// A running server over a data folder that outlives restarts.
 pub struct TestServer {
-    pub dir: TempDir,
+    pub dir: DataFolder,
     pub config: Config,
     pub admin_addr: SocketAddr,
     pub internal_addr: SocketAddr,
@@ -52,7 +53,7 @@ impl TestServer {
     }
 
     /// Starts a server over an existing data folder.
-    pub async fn start_in(dir: TempDir, config: Config) -> Self {
+    pub async fn start_in(dir: DataFolder, config: Config) -> Self {
         let server = Server::open(&config).await.expect("server opens");
         let telemetry = server.telemetry().clone();
         // Bound as the binary binds them (a backlog that absorbs bursts).
@@ -77,9 +78,15 @@ impl TestServer {
     }
 
     /// Stops the server gracefully and hands back its data folder.
-    pub async fn stop(mut self) -> (TempDir, Config) {
+    pub async fn stop(mut self) -> (DataFolder, Config) {
         self.shutdown().await;
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        let dir = std::mem::replace(
+            &mut self.dir,
+            DataFolder {
+                dir: tempfile::tempdir().expect("tempdir"),
+                store: TestStore::Sqlite(PathBuf::new()),
+            },
+        );
         (dir, self.config.clone())
     }
 
@@ -106,8 +113,14 @@ impl TestServer {
         self.dir.path().join(file)
     }
 
-    pub fn database(&self) -> PathBuf {
-        self.config.store.database.clone()
+    /// The server's store.
+    pub fn store(&self) -> &TestStore {
+        &self.dir.store
+    }
+
+    /// The store behind the server's back.
+    pub async fn back_door(&self) -> BackDoor {
+        self.dir.store.back_door().await
     }
 
     fn read(&self, file: &str) -> String {
@@ -183,19 +196,20 @@ impl Drop for TestServer {
 
 /// A data folder prepared by `aitokens dev`'s own code, before the server starts.
 pub struct Setup {
-    pub dir: TempDir,
+    pub dir: DataFolder,
     pub config: Config,
 }
 
 impl Setup {
     pub fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = DataFolder::new();
         let any = "127.0.0.1:0".parse().expect("addr");
-        let setup = dev::prepare(dir.path(), any, any, None).expect("prepare data folder");
-        Self {
-            dir,
-            config: setup.config,
-        }
+        let mut config = dev::prepare(dir.path(), any, any, None)
+            .expect("prepare data folder")
+            .config;
+        dir.store.configure(&mut config);
+        dev::save_config(dir.path(), &config).expect("save config");
+        Self { dir, config }
     }
 
     /// Replaces the dev policy.

@@ -19,7 +19,6 @@ use std::{
 };
 
 use aitokens::api::pb::{ResolveTokenRequest, token_admin_client::TokenAdminClient};
-use rusqlite::Connection;
 use tonic::{Code, transport::Channel};
 
 use crate::{
@@ -44,7 +43,7 @@ type KillInstant = Arc<Mutex<Option<Instant>>>;
 /// Whether `status` says the connection went away: UNAVAILABLE, or UNKNOWN
 /// "transport error" caused by the connection (reset, closed, broken pipe).
 /// Returns the failure's text for the summary.
-fn transport_error(status: &tonic::Status) -> Option<String> {
+pub(crate) fn transport_error(status: &tonic::Status) -> Option<String> {
     let mut text = status.message().to_owned();
     let mut source = std::error::Error::source(status);
     while let Some(error) = source {
@@ -248,11 +247,7 @@ async fn verify(data: &DataDir, server: &Serve, journal: &Journal, cycle: Option
             (outcome, Err(status)) => panic!("{id} ({outcome:?}): {status:?}"),
         }
     }
-    let conn = Connection::open(&data.config.store.database).expect("open db");
-    let integrity: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .expect("integrity_check");
-    assert_eq!(integrity, "ok");
+    data.dir.store.assert_intact().await;
 }
 
 #[test]

@@ -66,7 +66,12 @@ fn example_config_uses_the_default_ports() {
 
 /// Every document of the manifest file, by kind and name.
 fn manifests() -> HashMap<(String, String), Value> {
-    serde_yaml_ng::Deserializer::from_str(&read("kubernetes/aitokens.yaml"))
+    manifests_in("kubernetes/aitokens.yaml")
+}
+
+/// Every document of `file`, by kind and name.
+fn manifests_in(file: &str) -> HashMap<(String, String), Value> {
+    serde_yaml_ng::Deserializer::from_str(&read(file))
         .map(|doc| {
             let doc = Value::deserialize(doc).expect("YAML document");
             let kind = doc["kind"].as_str().expect("kind").to_owned();
@@ -360,4 +365,152 @@ fn systemd_unit_is_hardened_and_verifies() {
         out.status.success() && complaints.trim().is_empty(),
         "systemd-analyze verify:\n{complaints}"
     );
+}
+
+/// The multi-replica variant: three pods of a Deployment over PostgreSQL, a
+/// disruption budget, migrations before serving, readiness that follows the
+/// database, the single replica's Services and NetworkPolicy; and the
+/// CloudNativePG cluster it points to, with synchronous replication.
+#[test]
+fn the_multi_replica_manifests_match_the_binary_and_their_database() {
+    let ha = manifests_in("kubernetes/aitokens-ha.yaml");
+    let single = manifests();
+    let db = manifests_in("kubernetes/postgres-cnpg.yaml");
+    let get = |docs: &HashMap<(String, String), Value>, kind: &str, name: &str| {
+        docs.get(&(kind.to_owned(), name.to_owned()))
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+            .clone()
+    };
+    let (admin_port, internal_port, metrics_port) = default_ports();
+    let config: Config = toml::from_str(str_of(
+        &get(&ha, "ConfigMap", "aitokens-ha-config")["data"]["config.toml"],
+    ))
+    .expect("config.toml parses");
+    assert_eq!(ports_of(&config), (admin_port, internal_port, metrics_port));
+    assert!(
+        config.store.database.as_os_str().is_empty(),
+        "no SQLite file"
+    );
+    let url = config.store.url.clone().expect("[store] url");
+    let (base, query) = url.split_once('?').expect("URL options");
+    let (user_host, database) = base
+        .strip_prefix("postgres://")
+        .and_then(|rest| rest.split_once('/'))
+        .expect("postgres://USER@HOST/DB");
+    let (user, host) = user_host.split_once('@').expect("USER@HOST");
+    let options: HashMap<&str, &str> = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .collect();
+    assert_eq!(options.get("sslmode"), Some(&"verify-full"));
+    let password_file = config.store.password_file.clone().expect("password_file");
+
+    let deployment = get(&ha, "Deployment", "aitokens");
+    assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(3));
+    let pod = &deployment["spec"]["template"];
+    let pod_labels = pod["metadata"]["labels"].as_mapping().expect("pod labels");
+    let container = &pod["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .expect("args")
+        .iter()
+        .map(str_of)
+        .collect();
+    assert_eq!(args, ["serve", "--config", CONFIG_PATH]);
+    assert_eq!(
+        str_of(&container["readinessProbe"]["httpGet"]["path"]),
+        READY_PATH,
+        "readiness follows the database (/readyz)"
+    );
+    let migrate = pod["spec"]["initContainers"]
+        .as_sequence()
+        .expect("init containers")
+        .iter()
+        .find(|c| c["name"].as_str() == Some("migrate"))
+        .expect("a migrate init container");
+    let migrate_args: Vec<&str> = migrate["args"]
+        .as_sequence()
+        .expect("args")
+        .iter()
+        .map(str_of)
+        .collect();
+    assert_eq!(migrate_args, ["migrate", "--config", CONFIG_PATH]);
+    assert!(Cli::command().find_subcommand("migrate").is_some());
+
+    // The files the config names come from the secrets the operator makes.
+    let cluster = get(&db, "Cluster", "aitokens-db");
+    let cluster_name = "aitokens-db";
+    let mounts: HashMap<&str, &str> = container["volumeMounts"]
+        .as_sequence()
+        .expect("mounts")
+        .iter()
+        .map(|m| (str_of(&m["name"]), str_of(&m["mountPath"])))
+        .collect();
+    let secret_of = |volume: &str| -> String {
+        pod["spec"]["volumes"]
+            .as_sequence()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"].as_str() == Some(volume))
+            .and_then(|v| v["secret"]["secretName"].as_str())
+            .unwrap_or_else(|| panic!("volume {volume} of a secret"))
+            .to_owned()
+    };
+    assert_eq!(secret_of("db-app"), format!("{cluster_name}-app"));
+    assert_eq!(secret_of("db-ca"), format!("{cluster_name}-ca"));
+    assert_eq!(
+        password_file,
+        Path::new(mounts["db-app"]).join("password"),
+        "the password file is the app secret's password"
+    );
+    assert_eq!(
+        Path::new(options["sslrootcert"]),
+        Path::new(mounts["db-ca"]).join("ca.crt")
+    );
+    assert_eq!(
+        host.split(':').next(),
+        Some(format!("{cluster_name}-rw").as_str())
+    );
+    assert_eq!(
+        str_of(&cluster["spec"]["bootstrap"]["initdb"]["database"]),
+        database
+    );
+    assert_eq!(
+        str_of(&cluster["spec"]["bootstrap"]["initdb"]["owner"]),
+        user
+    );
+    let sync = &cluster["spec"]["postgresql"]["synchronous"];
+    assert!(
+        sync["number"].as_u64().is_some_and(|n| n >= 1),
+        "synchronous replication"
+    );
+    assert_eq!(sync["dataDurability"].as_str(), Some("required"));
+    assert!(
+        cluster["spec"]["instances"]
+            .as_u64()
+            .is_some_and(|n| n >= 2)
+    );
+
+    // Two pods keep serving through a drain.
+    let budget = get(&ha, "PodDisruptionBudget", "aitokens");
+    for (k, v) in budget["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .expect("budget selector")
+    {
+        assert_eq!(pod_labels.get(k), Some(v), "the budget selects the pods");
+    }
+    assert_eq!(budget["spec"]["minAvailable"].as_u64(), Some(2));
+
+    // The single replica's Services and NetworkPolicy, unchanged.
+    for (kind, name) in [
+        ("Service", "aitokens-admin"),
+        ("Service", "aitokens-internal"),
+        ("NetworkPolicy", "aitokens"),
+    ] {
+        assert_eq!(
+            get(&ha, kind, name)["spec"],
+            get(&single, kind, name)["spec"],
+            "{kind} {name}"
+        );
+    }
 }

@@ -201,7 +201,12 @@ async fn certificates_last_30_days_and_a_start_renews_them_near_their_end_only()
     drop(admin);
     binary::stop(dev).await;
     let read = |name: &str| std::fs::read(dir.path().join(name)).expect("read");
-    let (master_key, database, ca) = (read("master.key"), read("aitokens.db"), read("ca.pem"));
+    let store = binary::dev_test_store(dir.path());
+    let (master_key, database, ca) = (
+        read("master.key"),
+        store.fingerprint().await,
+        read("ca.pem"),
+    );
 
     // Control: certificates far from their end are kept as they are.
     binary::stop(start_dev(dir.path())).await;
@@ -218,7 +223,7 @@ async fn certificates_last_30_days_and_a_start_renews_them_near_their_end_only()
     // Renewal touched neither the master key nor the database (read now,
     // before the resolve below counts a use in it).
     assert_eq!(read("master.key"), master_key, "the master key changed");
-    assert_eq!(read("aitokens.db"), database, "the database changed");
+    assert_eq!(store.fingerprint().await, database, "the database changed");
     // The renewed certificates work, and the token is still there.
     let got = resolver(dir.path(), &dev)
         .await

@@ -20,13 +20,14 @@ use memchr::memmem;
 use tonic::Status;
 
 use crate::{
+    backend,
     common::create_request,
     process::{DataDir, Serve, channel},
 };
 
 /// Every canary starts with this; searching for its encodings finds any
 /// canary in any encoding at any offset.
-const PREFIX: &str = "zqxcanary42-";
+pub const PREFIX: &str = "zqxcanary42-";
 const CANARIES: usize = 300;
 
 fn canary(i: usize, salt: u64) -> String {
@@ -82,7 +83,7 @@ fn find_canary(haystack: &[u8]) -> Option<String> {
         .map(|(form, _)| form)
 }
 
-fn assert_clean(what: &str, haystack: &[u8]) {
+pub fn assert_clean(what: &str, haystack: &[u8]) {
     if let Some(form) = find_canary(haystack) {
         panic!("a canary ({form}) reached {what}");
     }
@@ -114,6 +115,7 @@ async fn no_canary_reaches_logs_statuses_debug_output_or_files() {
     let _heavy = crate::common::HEAVY.lock().await;
 
     let data = DataDir::new();
+    let mark = data.dir.store.mark().await;
     let server = Serve::start(&data, "trace", "trace.log");
     let mut admin = server.admin(&data).await;
     let mut resolver = server.resolver(&data).await;
@@ -242,7 +244,13 @@ async fn no_canary_reaches_logs_statuses_debug_output_or_files() {
 
     let mut all = Vec::new();
     files(data.dir.path(), &mut all);
-    assert!(all.iter().any(|(path, _)| path.ends_with("aitokens.db")));
+    if backend::postgres() {
+        all.extend(data.dir.store.at_rest(&mark).await);
+        assert!(all.iter().any(|(path, _)| path.starts_with("base/")));
+        assert!(all.iter().any(|(path, _)| path.starts_with("pg_wal/")));
+    } else {
+        assert!(all.iter().any(|(path, _)| path.ends_with("aitokens.db")));
+    }
     for (path, bytes) in &all {
         assert_clean(path, bytes);
     }

@@ -1,10 +1,14 @@
-//! Integration tests: the real server, real TLS, a real SQLite file.
+//! Integration tests: the real server, real TLS, a real store (a SQLite
+//! file, or PostgreSQL with `AITOKENS_TEST_STORE=postgres`). The
+//! multi-replica tests ([`replicas`]) always run on PostgreSQL: a scratch
+//! database, or clusters of their own ([`pgcluster`]).
 //!
 //! One test binary with modules (it builds much faster than many binaries).
 
 mod accounting;
 mod admin;
 mod audit;
+mod backend;
 mod bad_input;
 mod bench;
 mod binary;
@@ -22,6 +26,7 @@ mod lifecycle;
 mod limits;
 mod mtls;
 mod observability;
+mod pgcluster;
 mod policy_reload;
 mod process;
 mod props;
@@ -29,6 +34,7 @@ mod races;
 mod readme;
 mod refusal;
 mod reload;
+mod replicas;
 mod root_key;
 mod rotation;
 mod shred;

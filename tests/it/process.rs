@@ -14,6 +14,8 @@ use aitokens::{
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+use crate::backend::DataFolder;
+
 /// Whether the long variants of the reliability tests should run
 /// (`AITOKENS_LONG_TESTS=1`).
 pub fn long_tests() -> bool {
@@ -23,18 +25,19 @@ pub fn long_tests() -> bool {
 /// A data folder prepared by `aitokens dev`'s code, with a config file whose
 /// listeners bind free 127.0.0.1 ports.
 pub struct DataDir {
-    pub dir: tempfile::TempDir,
+    pub dir: DataFolder,
     pub config_path: PathBuf,
     pub config: Config,
 }
 
 impl DataDir {
     pub fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = DataFolder::new();
         let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-        let config = dev::prepare(dir.path(), any, any, None)
+        let mut config = dev::prepare(dir.path(), any, any, None)
             .expect("prepare")
             .config;
+        dir.store.configure(&mut config);
         let config_path = dir.path().join("serve.toml");
         std::fs::write(&config_path, toml::to_string(&config).expect("toml")).expect("write");
         Self {
@@ -54,6 +57,8 @@ pub struct Serve {
     pub child: Child,
     pub admin: SocketAddr,
     pub internal: SocketAddr,
+    /// The metrics listener (`/readyz`), when the config has one.
+    pub metrics: Option<SocketAddr>,
     pub log: PathBuf,
     /// From spawn to both addresses logged.
     pub ready_after: Duration,
@@ -63,12 +68,17 @@ impl Serve {
     /// Spawns the server with `RUST_LOG=rust_log` (which must keep
     /// `aitokens` at info or finer) and waits for its "serving" line.
     pub fn start(data: &DataDir, rust_log: &str, log_name: &str) -> Self {
-        let log = data.path(log_name);
+        Self::start_with(&data.config_path, data.path(log_name), rust_log)
+    }
+
+    /// Spawns `aitokens serve --config config`, logging to `log`, and waits
+    /// for its "serving" line.
+    pub fn start_with(config: &Path, log: PathBuf, rust_log: &str) -> Self {
         let file = std::fs::File::create(&log).expect("log file");
         let started = Instant::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_aitokens"))
             .args(["serve", "--config"])
-            .arg(&data.config_path)
+            .arg(config)
             .env("RUST_LOG", rust_log)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -79,11 +89,12 @@ impl Serve {
         let deadline = started + Duration::from_secs(60);
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some((admin, internal)) = serving_addresses(&text) {
+            if let Some((admin, internal, metrics)) = serving_addresses(&text) {
                 return Self {
                     child,
                     admin,
                     internal,
+                    metrics,
                     log,
                     ready_after: started.elapsed(),
                 };
@@ -138,7 +149,7 @@ impl Drop for Serve {
     }
 }
 
-fn serving_addresses(log: &str) -> Option<(SocketAddr, SocketAddr)> {
+fn serving_addresses(log: &str) -> Option<(SocketAddr, SocketAddr, Option<SocketAddr>)> {
     log.lines()
         .filter(|l| l.contains(" serving "))
         .find_map(|line| {
@@ -147,7 +158,13 @@ fn serving_addresses(log: &str) -> Option<(SocketAddr, SocketAddr)> {
                     .find_map(|word| word.strip_prefix(key))
                     .and_then(|addr| addr.parse().ok())
             };
-            Some((field("admin=")?, field("internal=")?))
+            // `metrics=Some(ADDR)` or `metrics=None`.
+            let metrics = line
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix("metrics=Some("))
+                .and_then(|rest| rest.strip_suffix(')'))
+                .and_then(|addr| addr.parse().ok());
+            Some((field("admin=")?, field("internal=")?, metrics))
         })
 }
 

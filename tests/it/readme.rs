@@ -370,3 +370,43 @@ async fn readme_python_client_works_as_written() {
     );
     workspace.stop().await;
 }
+
+/// The README's test command is what CI runs, and its run command is
+/// `aitokens dev`.
+#[test]
+fn readme_two_commands_are_the_ones_ci_and_users_run() {
+    let (_, commands) = section("The two commands");
+    assert_eq!(commands, ["cargo run --release -- dev", "scripts/test"]);
+    assert!(
+        include_str!("../../.ci/run")
+            .lines()
+            .any(|line| line.trim() == "scripts/test"),
+        ".ci/run runs the README's test command"
+    );
+}
+
+/// Every `aitokens ...` line of the README's `text` blocks (commands shown
+/// for a production setup, which the tests run in their own form) parses
+/// with the binary's own argument parser: no flag in the README that the
+/// binary does not have.
+#[test]
+fn readme_commands_shown_for_production_parse() {
+    use clap::Parser;
+    let mut in_text = false;
+    let mut checked = 0;
+    for line in README.lines() {
+        if line.starts_with("```") {
+            in_text = line == "```text";
+            continue;
+        }
+        if !in_text || !line.starts_with("aitokens ") {
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let Err(e) = aitokens::cli::Cli::try_parse_from(&words) {
+            panic!("README: `{line}` does not parse:\n{e}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 3, "found {checked} commands");
+}

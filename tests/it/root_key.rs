@@ -13,7 +13,10 @@ use aitokens::{
     server::Server,
 };
 
-use crate::common::{Setup, TestServer, create_request};
+use crate::{
+    backend::TestStore,
+    common::{Setup, TestServer, create_request},
+};
 
 fn aitokens() -> Command {
     Command::new(env!("CARGO_BIN_EXE_aitokens"))
@@ -87,15 +90,14 @@ async fn the_argon2id_parameters_are_at_least_rfc9106_option_two() {
     let dir = setup.dir.path().to_owned();
     use_passphrase(&mut setup.config, &dir, "p");
     let server = setup.start().await;
-    let (_dir, config) = server.stop().await;
-    let conn = rusqlite::Connection::open(&config.store.database).expect("open");
-    let (salt, m, t, p): (Vec<u8>, i64, i64, i64) = conn
-        .query_row(
-            "SELECT kdf_salt, kdf_m_kib, kdf_t, kdf_p FROM keyring",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .expect("kdf params stored");
+    let (dir, _config) = server.stop().await;
+    let row = &dir
+        .store
+        .back_door()
+        .await
+        .query("SELECT kdf_salt, kdf_m_kib, kdf_t, kdf_p FROM keyring", &[])
+        .await[0];
+    let (salt, m, t, p) = (row[0].bytes(), row[1].int(), row[2].int(), row[3].int());
     assert!(
         salt.len() >= 16 && m >= 64 * 1024 && t >= 3 && p >= 4,
         "{m} {t} {p}"
@@ -229,11 +231,10 @@ fn an_environment_key_is_used_then_removed_and_the_process_is_hardened() {
 #[test]
 fn init_binds_a_database_to_its_key_and_refusals_say_which_problem() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("a.db");
+    let db = TestStore::named(dir.path(), "a.db");
     let key = dir.path().join("a.key");
     let out = aitokens()
-        .args(["init", "--db"])
-        .arg(&db)
+        .args(["init", "--db", &db.spec()])
         .arg("--key-file")
         .arg(&key)
         .output()
@@ -249,8 +250,7 @@ fn init_binds_a_database_to_its_key_and_refusals_say_which_problem() {
         0o600
     );
     let again = aitokens()
-        .args(["init", "--db"])
-        .arg(&db)
+        .args(["init", "--db", &db.spec()])
         .arg("--key-file")
         .arg(&key)
         .output()
@@ -261,11 +261,10 @@ fn init_binds_a_database_to_its_key_and_refusals_say_which_problem() {
     );
 
     // A second deployment; its key file on the first database is named as such.
-    let other_db = dir.path().join("b.db");
+    let other_db = TestStore::named(dir.path(), "b.db");
     let other_key = dir.path().join("b.key");
     let out = aitokens()
-        .args(["init", "--db"])
-        .arg(&other_db)
+        .args(["init", "--db", &other_db.spec()])
         .arg("--key-file")
         .arg(&other_key)
         .output()
@@ -275,7 +274,7 @@ fn init_binds_a_database_to_its_key_and_refusals_say_which_problem() {
     let config_path = dir.path().join("c.toml");
     write_config(&setup, &config_path, |t| {
         let store = t["store"].as_table_mut().expect("store");
-        store.insert("database".into(), db.display().to_string().into());
+        db.configure_toml(store);
         store.insert(
             "master_key_file".into(),
             other_key.display().to_string().into(),
@@ -294,10 +293,9 @@ fn init_binds_a_database_to_its_key_and_refusals_say_which_problem() {
     );
 
     // Passphrase init from stdin, then serve with the same passphrase from a file.
-    let pdb = dir.path().join("p.db");
+    let pdb = TestStore::named(dir.path(), "p.db");
     let mut child = aitokens()
-        .args(["init", "--passphrase-stdin", "--db"])
-        .arg(&pdb)
+        .args(["init", "--passphrase-stdin", "--db", &pdb.spec()])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -315,7 +313,7 @@ fn init_binds_a_database_to_its_key_and_refusals_say_which_problem() {
     write_config(&setup, &config_path, |t| {
         let store = t["store"].as_table_mut().expect("store");
         store.remove("master_key_file");
-        store.insert("database".into(), pdb.display().to_string().into());
+        pdb.configure_toml(store);
         store.insert(
             "passphrase_file".into(),
             pass_file.display().to_string().into(),

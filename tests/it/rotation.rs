@@ -27,6 +27,7 @@ use tonic_types::StatusExt;
 
 use crate::{
     admin::contains,
+    backend::{self, BackDoor},
     common::{Setup, TestServer, assert_status, create_request},
 };
 
@@ -256,15 +257,15 @@ fn write_config(config: &Config, path: &Path) {
 }
 
 /// Rows per KEK version, read behind the server's back.
-fn versions(db: &Path) -> BTreeMap<u32, i64> {
-    let conn = rusqlite::Connection::open(db).expect("open");
-    let mut stmt = conn
-        .prepare("SELECT kek_version, count(*) FROM tokens GROUP BY kek_version")
-        .expect("sql");
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("rows")
-        .map(|r| r.expect("row"))
-        .collect()
+async fn versions(door: &BackDoor) -> BTreeMap<u32, i64> {
+    door.query(
+        "SELECT kek_version, count(*) FROM tokens GROUP BY kek_version",
+        &[],
+    )
+    .await
+    .into_iter()
+    .map(|r| (u32::try_from(r[0].int()).expect("version"), r[1].int()))
+    .collect()
 }
 
 #[tokio::test]
@@ -275,7 +276,7 @@ async fn kill_9_during_the_rewrap_job_then_resume() {
     let (dir, config) = server.stop().await;
     let config_path = dir.path().join("config-abs.toml");
     write_config(&config, &config_path);
-    let db = config.store.database.clone();
+    let door = dir.store.back_door().await;
 
     // Small batches: many transactions, so the kill lands mid-job.
     let mut child = aitokens()
@@ -287,7 +288,7 @@ async fn kill_9_during_the_rewrap_job_then_resume() {
         .expect("spawn rotate");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let v = versions(&db);
+        let v = versions(&door).await;
         if v.get(&2).copied().unwrap_or(0) >= 30 {
             break;
         }
@@ -296,21 +297,16 @@ async fn kill_9_during_the_rewrap_job_then_resume() {
             "rotate finished before it could be killed: {v:?}"
         );
         assert!(Instant::now() < deadline, "re-wrap never started");
-        std::thread::sleep(Duration::from_millis(2));
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     child.kill().expect("kill -9");
     child.wait().expect("reap");
-    let mid = versions(&db);
+    let mid = versions(&door).await;
     assert!(
         mid.get(&1).copied().unwrap_or(0) > 0,
         "the job was not interrupted mid-way: {mid:?}"
     );
-    let conn = rusqlite::Connection::open(&db).expect("open");
-    let ok: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .expect("check");
-    assert_eq!(ok, "ok");
-    drop(conn);
+    dir.store.assert_intact().await;
 
     // The server resumes the job by itself and every token resolves exactly.
     let mut config = config;
@@ -318,23 +314,20 @@ async fn kill_9_during_the_rewrap_job_then_resume() {
     let server = TestServer::start_in(dir, config).await;
     assert_all_resolve(&server, count).await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while versions(&db).get(&1).copied().unwrap_or(0) > 0 {
+    while versions(&door).await.get(&1).copied().unwrap_or(0) > 0 {
         assert!(
             Instant::now() < deadline,
             "the server did not resume the re-wrap job"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(versions(&db).get(&2).copied(), Some(count as i64));
+    assert_eq!(versions(&door).await.get(&2).copied(), Some(count as i64));
     assert_all_resolve(&server, count).await;
 }
 
-#[tokio::test]
-async fn backup_during_writes_restores_every_acknowledged_token() {
-    let server = TestServer::start().await;
-    seed(&server, 100).await;
-    let config_path = server.path("abs.toml");
-    write_config(&server.config, &config_path);
+/// Creates `w0000`.. while `during` runs; returns the creates acknowledged
+/// before `during` started.
+async fn writes_around<T>(server: &TestServer, during: impl AsyncFnOnce() -> T) -> (Vec<usize>, T) {
     let mut admin = server.admin().await;
     let writer = tokio::spawn(async move {
         let mut acked = Vec::new();
@@ -355,29 +348,132 @@ async fn backup_during_writes_restores_every_acknowledged_token() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    let backup = server.path("backup.db");
-    let out = aitokens()
-        .args(["backup", "--config"])
-        .arg(&config_path)
-        .arg("--out")
-        .arg(&backup)
-        .output()
-        .expect("backup");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let result = during().await;
     let acked = writer.await.expect("writer");
-    let before_backup: Vec<usize> = acked
+    let before: Vec<usize> = acked
         .iter()
         .filter(|(_, t)| *t < started)
         .map(|(i, _)| *i)
         .collect();
     assert!(
-        !before_backup.is_empty(),
+        !before.is_empty(),
         "no write was acknowledged before the backup"
     );
+    (before, result)
+}
+
+/// PostgreSQL: `aitokens backup` and `restore` name PostgreSQL's own tools;
+/// a pg_dump taken during writes, restored into an empty database, serves
+/// every create acknowledged before it, holds no plaintext, and opens only
+/// with the deployment's root key.
+async fn pg_dump_during_writes_restores_every_acknowledged_token() {
+    let server = TestServer::start().await;
+    seed(&server, 100).await;
+    let config_path = server.path("abs.toml");
+    write_config(&server.config, &config_path);
+    let out = aitokens()
+        .args(["backup", "--config"])
+        .arg(&config_path)
+        .arg("--out")
+        .arg(server.path("backup.db"))
+        .output()
+        .expect("backup");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("pg_dump"), "{text}");
+    let out = aitokens()
+        .args(["restore", "--config"])
+        .arg(&config_path)
+        .arg("--from")
+        .arg(server.path("backup.db"))
+        .output()
+        .expect("restore");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("pg_restore"),
+        "{text}"
+    );
+
+    let dump = server.path("backup.dump");
+    let url = server.store().spec();
+    let (before_backup, ()) = writes_around(&server, async || {
+        let out = Command::new("pg_dump")
+            .args(["--format=custom", "--file"])
+            .arg(&dump)
+            .arg(&url)
+            .output()
+            .expect("pg_dump");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    })
+    .await;
+    let bytes = std::fs::read(&dump).expect("read dump");
+    assert!(
+        !contains(&bytes, value_of(0).as_bytes()),
+        "plaintext in the dump"
+    );
+
+    let (dir, mut config) = server.stop().await;
+    let empty = backend::empty_postgres();
+    let out = Command::new("pg_restore")
+        .args(["--exit-on-error", "--dbname", &empty.spec()])
+        .arg(&dump)
+        .output()
+        .expect("pg_restore");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    empty.configure(&mut config);
+    let mut wrong = config.clone();
+    let wrong_key = dir.path().join("wrong.key");
+    aitokens::crypto::RootKey::create_file(&wrong_key).expect("key");
+    wrong.store.master_key_file = Some(wrong_key);
+    let refused = match aitokens::server::Server::open(&wrong).await {
+        Ok(_) => panic!("the dump opened with another key"),
+        Err(e) => e.to_string(),
+    };
+    assert!(refused.contains("master key does not match"), "{refused}");
+    let server = TestServer::start_in(dir, config).await;
+    assert_all_resolve(&server, 100).await;
+    assert_values(
+        &server,
+        before_backup
+            .into_iter()
+            .map(|i| (format!("w{i:04}"), value_of(20_000 + i))),
+    )
+    .await;
+    drop(empty);
+}
+
+#[tokio::test]
+async fn backup_during_writes_restores_every_acknowledged_token() {
+    if backend::postgres() {
+        return pg_dump_during_writes_restores_every_acknowledged_token().await;
+    }
+    let server = TestServer::start().await;
+    seed(&server, 100).await;
+    let config_path = server.path("abs.toml");
+    write_config(&server.config, &config_path);
+    let backup = server.path("backup.db");
+    let (before_backup, ()) = writes_around(&server, async || {
+        let out = aitokens()
+            .args(["backup", "--config"])
+            .arg(&config_path)
+            .arg("--out")
+            .arg(&backup)
+            .output()
+            .expect("backup");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    })
+    .await;
     let bytes = std::fs::read(&backup).expect("read backup");
     assert!(
         !contains(&bytes, value_of(0).as_bytes()),
@@ -445,15 +541,19 @@ async fn a_damaged_row_does_not_stall_the_rewrap_job() {
     setup.config.usage.flush_interval_secs = 1;
     let server = setup.start().await;
     seed(&server, 40).await;
-    let db = server.database();
-    {
-        let conn = rusqlite::Connection::open(&db).expect("open");
-        conn.execute(
-            "UPDATE tokens SET wrapped_data_key = zeroblob(length(wrapped_data_key)) WHERE token_id = 't00003'",
-            [],
+    let door = server.back_door().await;
+    let zeros = if backend::postgres() {
+        "decode(repeat('00', length(wrapped_data_key)), 'hex')"
+    } else {
+        "zeroblob(length(wrapped_data_key))"
+    };
+    let damaged = door
+        .execute(
+            &format!("UPDATE tokens SET wrapped_data_key = {zeros} WHERE token_id = 't00003'"),
+            &[],
         )
-        .expect("damage one row");
-    }
+        .await;
+    assert_eq!(damaged, 1, "damaged one row");
     let mut keys = key_admin(&server).await;
     keys.rotate_keys(RotateKeysRequest {})
         .await
@@ -472,7 +572,7 @@ async fn a_damaged_row_does_not_stall_the_rewrap_job() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Every other row moved; the damaged one stays, and keeps its KEK alive.
-    assert_eq!(versions(&db).get(&2).copied(), Some(39));
+    assert_eq!(versions(&door).await.get(&2).copied(), Some(39));
     let status = keys
         .destroy_old_keys(DestroyOldKeysRequest {})
         .await

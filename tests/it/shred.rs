@@ -10,10 +10,18 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use aitokens::{api::pb::RemoveTokenRequest, cli::Offline, config::Config, crypto::KeySource};
+use aitokens::{
+    api::pb::RemoveTokenRequest,
+    cli::Offline,
+    config::Config,
+    crypto::KeySource,
+    rotation::Legacy,
+    store::{Hold, StoreLocation},
+};
 use tonic::Code;
 
 use crate::{
+    backend::{self, DataFolder, TestStore},
     common::{Setup, TestServer, create_request, resolve},
     root_key::write_private,
 };
@@ -51,36 +59,25 @@ struct KeyringFacts {
     token_versions: Vec<u32>,
 }
 
-fn keyring_facts(db: &Path) -> KeyringFacts {
-    let conn = rusqlite::Connection::open(db).expect("open");
-    let column = |sql: &str| -> Vec<u32> {
-        let mut stmt = conn.prepare(sql).expect("sql");
-        stmt.query_map([], |r| r.get(0))
-            .expect("rows")
-            .map(|r| r.expect("row"))
+async fn keyring_facts(db: &TestStore) -> KeyringFacts {
+    let door = db.back_door().await;
+    let column = async |sql: &str| -> Vec<u32> {
+        door.query(sql, &[])
+            .await
+            .into_iter()
+            .map(|r| u32::try_from(r[0].int()).expect("version"))
             .collect()
     };
-    let versions = column("SELECT version FROM keks ORDER BY version");
-    let token_versions = column("SELECT DISTINCT kek_version FROM tokens ORDER BY 1");
-    let (current, key_check) = conn
-        .query_row("SELECT current_version, key_check FROM keyring", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .expect("keyring");
+    let versions = column("SELECT version FROM keks ORDER BY version").await;
+    let token_versions = column("SELECT DISTINCT kek_version FROM tokens ORDER BY 1").await;
+    let row = &door
+        .query("SELECT current_version, key_check FROM keyring", &[])
+        .await[0];
     KeyringFacts {
         versions,
-        current,
-        key_check,
+        current: u32::try_from(row[0].int()).expect("version"),
+        key_check: row[1].bytes(),
         token_versions,
-    }
-}
-
-/// Copies a stopped server's database (and its WAL, if any) to `to`.
-fn copy_database(db: &Path, to: &Path) {
-    std::fs::copy(db, to).expect("copy database");
-    let wal = PathBuf::from(format!("{}-wal", db.display()));
-    if wal.exists() {
-        std::fs::copy(&wal, format!("{}-wal", to.display())).expect("copy wal");
     }
 }
 
@@ -95,8 +92,9 @@ fn shred(config_path: &Path, new_key: &Path) -> Output {
 }
 
 /// The error `Offline::open` gives, or "opened".
-async fn open_error(db: &Path, source: KeySource) -> String {
-    match Offline::open(db, &source).await {
+async fn open_error(db: &TestStore, source: KeySource) -> String {
+    let location = StoreLocation::parse(&db.spec(), None).expect("location");
+    match Offline::open_at(&location, &source, Legacy::Refuse, Hold::Shared).await {
         Ok(_) => "opened".to_owned(),
         Err(e) => e.to_string(),
     }
@@ -108,7 +106,7 @@ const KEY_CHECK_FAILED: &str = "the master key does not match this database (key
 /// A stopped server's folder after: tokens kept-0.. and `doomed` created,
 /// a copy of the database taken (`old-copy.db`, shown to open with the old
 /// key, the doomed value included), then `doomed` removed.
-async fn copy_then_remove() -> (tempfile::TempDir, Config, PathBuf) {
+async fn copy_then_remove() -> (DataFolder, Config, TestStore) {
     let server = TestServer::start().await;
     let mut admin = server.admin().await;
     for i in 0..KEPT {
@@ -123,13 +121,18 @@ async fn copy_then_remove() -> (tempfile::TempDir, Config, PathBuf) {
         .expect("create doomed");
     drop(admin);
     let (dir, config) = server.stop().await;
-    let old_copy = dir.path().join("old-copy.db");
-    copy_database(&config.store.database, &old_copy);
+    let old_copy = dir.store.copy("old-copy.db").await;
     // Control: the old copy opens with the old key, every value included.
     let old_key = config.store.master_key_file.clone().expect("key file");
-    let copy = Offline::open(&old_copy, &KeySource::File(old_key))
-        .await
-        .expect("the old copy opens with the old key");
+    let location = StoreLocation::parse(&old_copy.spec(), None).expect("location");
+    let copy = Offline::open_at(
+        &location,
+        &KeySource::File(old_key),
+        Legacy::Refuse,
+        Hold::Shared,
+    )
+    .await
+    .expect("the old copy opens with the old key");
     assert_eq!(copy.verify_every_value().await.expect("open all"), KEPT + 1);
     drop(copy);
 
@@ -149,7 +152,7 @@ async fn copy_then_remove() -> (tempfile::TempDir, Config, PathBuf) {
 
 /// Serves the folder with `key`: every kept token resolves to its exact
 /// value, the removed one is NOT_FOUND.
-async fn assert_live_serves(dir: tempfile::TempDir, mut config: Config, key: PathBuf) {
+async fn assert_live_serves(dir: DataFolder, mut config: Config, key: PathBuf) {
     config.store.master_key_file = Some(key);
     let server = TestServer::start_in(dir, config).await;
     let mut resolver = server.resolver().await;
@@ -169,9 +172,9 @@ async fn assert_live_serves(dir: tempfile::TempDir, mut config: Config, key: Pat
 #[tokio::test]
 async fn after_shred_and_the_old_key_destroyed_an_old_copy_opens_with_no_remaining_key() {
     let (dir, config, old_copy) = copy_then_remove().await;
-    let db = config.store.database.clone();
+    let db = dir.store.clone();
     let old_key = config.store.master_key_file.clone().expect("key file");
-    let before = keyring_facts(&db);
+    let before = keyring_facts(&db).await;
     assert_eq!((before.versions.as_slice(), before.current), (&[1][..], 1));
 
     let config_path = dir.path().join("shred.toml");
@@ -192,7 +195,7 @@ async fn after_shred_and_the_old_key_destroyed_an_old_copy_opens_with_no_remaini
 
     // Every step happened (so skipping one fails here): a new KEK, every
     // row moved to it, the old KEK gone, the keyring under another root key.
-    let after = keyring_facts(&db);
+    let after = keyring_facts(&db).await;
     assert_eq!(after.versions, [2], "old KEK versions remain");
     assert_eq!(
         (after.current, after.token_versions.as_slice()),
@@ -217,7 +220,7 @@ async fn after_shred_and_the_old_key_destroyed_an_old_copy_opens_with_no_remaini
     );
     // The old copy's own keyring still names only KEK version 1, sealed
     // under the destroyed key; the live database holds version 2 only.
-    assert_eq!(keyring_facts(&old_copy).versions, [1]);
+    assert_eq!(keyring_facts(&old_copy).await.versions, [1]);
 
     assert_eq!(
         open_error(&db, KeySource::File(new_key.clone())).await,
@@ -238,22 +241,40 @@ async fn shred_rekey_and_restore_are_refused_while_a_server_holds_the_database()
         .create_token(create_request("acme", "live", "sk-live-while-serving"))
         .await
         .expect("create");
-    let db = server.database();
+    let db = server.store().clone();
     let config_path = server.path("held.toml");
     write_config(&server.config, &config_path);
     let backup = server.path("backup.db");
-    let out = aitokens()
-        .args([o("backup"), o("--config"), config_path.as_os_str()])
-        .args([o("--out"), backup.as_os_str()])
-        .output()
-        .expect("backup");
-    assert!(out.status.success(), "backup: {}", text(&out.stderr));
-    let before = keyring_facts(&db);
-    let refusal = format!(
-        "aitokens: error: database {0} is in use by a running server or another aitokens \
-         command (it holds {0}.lock); stop the server first\n",
-        db.display()
-    );
+    let (refusal, restore_refusal) = match &db {
+        TestStore::Sqlite(path) => {
+            let out = aitokens()
+                .args([o("backup"), o("--config"), config_path.as_os_str()])
+                .args([o("--out"), backup.as_os_str()])
+                .output()
+                .expect("backup");
+            assert!(out.status.success(), "backup: {}", text(&out.stderr));
+            let refusal = format!(
+                "aitokens: error: database {0} is in use by a running server or another \
+                 aitokens command (it holds {0}.lock); stop the server first\n",
+                path.display()
+            );
+            (refusal.clone(), refusal)
+        }
+        // PostgreSQL: the replicas' sessions say the database is in use;
+        // restoring is pg_restore's job.
+        TestStore::Postgres(_) => {
+            let location = StoreLocation::parse(&db.spec(), None).expect("location");
+            let refusal = format!(
+                "aitokens: error: {} is in use: ",
+                match &location {
+                    StoreLocation::Postgres(target) => target.shown().to_owned(),
+                    StoreLocation::Sqlite(_) => unreachable!(),
+                }
+            );
+            (refusal, "pg_restore".to_owned())
+        }
+    };
+    let before = keyring_facts(&db).await;
 
     let new_key = server.path("new.key");
     let (config, key, from) = (
@@ -261,36 +282,52 @@ async fn shred_rekey_and_restore_are_refused_while_a_server_holds_the_database()
         new_key.as_os_str(),
         backup.as_os_str(),
     );
-    for args in [
-        &[
-            o("keys"),
-            o("shred"),
-            o("--config"),
-            config,
-            o("--new-key-file"),
-            key,
-        ][..],
-        &[
-            o("keys"),
-            o("rekey"),
-            o("--config"),
-            config,
-            o("--new-key-file"),
-            key,
-        ][..],
-        &[o("restore"), o("--config"), config, o("--from"), from][..],
+    for (args, expected) in [
+        (
+            &[
+                o("keys"),
+                o("shred"),
+                o("--config"),
+                config,
+                o("--new-key-file"),
+                key,
+            ][..],
+            &refusal,
+        ),
+        (
+            &[
+                o("keys"),
+                o("rekey"),
+                o("--config"),
+                config,
+                o("--new-key-file"),
+                key,
+            ][..],
+            &refusal,
+        ),
+        (
+            &[o("restore"), o("--config"), config, o("--from"), from][..],
+            &restore_refusal,
+        ),
     ] {
         let out = aitokens().args(args).output().expect("run");
         assert_eq!(out.status.code(), Some(1), "{args:?}");
-        assert_eq!(text(&out.stderr), refusal, "{args:?}");
+        let stderr = text(&out.stderr);
+        if backend::postgres() {
+            assert!(stderr.contains(expected.as_str()), "{args:?}: {stderr}");
+        } else {
+            assert_eq!(&stderr, expected, "{args:?}");
+        }
         assert!(out.stdout.is_empty(), "{args:?}: {}", text(&out.stdout));
     }
 
     // Nothing changed: no new key, the same keyring, no staging file, and
     // the server still serves the token.
     assert!(!new_key.exists(), "a new key file was created");
-    assert_eq!(keyring_facts(&db), before);
-    assert!(!PathBuf::from(format!("{}.restore", db.display())).exists());
+    assert_eq!(keyring_facts(&db).await, before);
+    if let TestStore::Sqlite(path) = &db {
+        assert!(!PathBuf::from(format!("{}.restore", path.display())).exists());
+    }
     let mut resolver = server.resolver().await;
     assert_eq!(
         resolve(&mut resolver, "tenants/acme/tokens/live")
@@ -300,32 +337,41 @@ async fn shred_rekey_and_restore_are_refused_while_a_server_holds_the_database()
     );
     drop(resolver);
 
-    // Control: stopped, the same restore goes through.
+    // Control: stopped, the same command goes through (SQLite: the restore;
+    // PostgreSQL, where restore is pg_restore's: the rekey).
     let (_dir, _config) = server.stop().await;
-    let out = aitokens()
-        .args([o("restore"), o("--config"), config, o("--from"), from])
-        .output()
-        .expect("restore");
+    let control: &[&OsStr] = if backend::postgres() {
+        &[
+            o("keys"),
+            o("rekey"),
+            o("--config"),
+            config,
+            o("--new-key-file"),
+            key,
+        ]
+    } else {
+        &[o("restore"), o("--config"), config, o("--from"), from]
+    };
+    let out = aitokens().args(control).output().expect("run");
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
 /// A database initialized under a passphrase (from a file), and a config
 /// for it: (config path, database, passphrase file).
-fn passphrase_database(setup: &Setup) -> (PathBuf, PathBuf, PathBuf) {
+fn passphrase_database(setup: &Setup) -> (PathBuf, TestStore, PathBuf) {
     let dir = setup.dir.path();
-    let db = dir.join("passphrase.db");
+    let db = TestStore::named(dir, "passphrase.db");
     let old_passphrase = dir.join("old-passphrase");
     write_private(&old_passphrase, "the old passphrase\n");
     let out = aitokens()
-        .args(["init", "--db"])
-        .arg(&db)
+        .args(["init", "--db", &db.spec()])
         .arg("--passphrase-file")
         .arg(&old_passphrase)
         .output()
         .expect("init");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let mut config = setup.config.clone();
-    config.store.database = db.clone();
+    db.configure(&mut config);
     config.store.master_key_file = None;
     config.store.passphrase_file = Some(old_passphrase.clone());
     let config_path = dir.join("passphrase.toml");
@@ -338,7 +384,7 @@ async fn shred_refuses_a_new_passphrase_that_opens_the_database_now() {
     let setup = Setup::new();
     let dir = setup.dir.path().to_owned();
     let (config_path, db, old_passphrase) = passphrase_database(&setup);
-    let before = keyring_facts(&db);
+    let before = keyring_facts(&db).await;
 
     // The same passphrase (another file) is no new root key.
     let same = dir.join("same-passphrase");
@@ -356,7 +402,11 @@ async fn shred_refuses_a_new_passphrase_that_opens_the_database_now() {
         "aitokens: error: the new root key opens this database already (it is the current \
          key or passphrase); choose a new one\n"
     );
-    assert_eq!(keyring_facts(&db), before, "refused, yet something changed");
+    assert_eq!(
+        keyring_facts(&db).await,
+        before,
+        "refused, yet something changed"
+    );
 
     // A new passphrase on stdin goes through, and names the old one to destroy.
     let mut child = aitokens()
@@ -383,7 +433,7 @@ async fn shred_refuses_a_new_passphrase_that_opens_the_database_now() {
         )),
         "{stdout}"
     );
-    let after = keyring_facts(&db);
+    let after = keyring_facts(&db).await;
     assert_eq!((after.versions.as_slice(), after.current), (&[2][..], 2));
     assert_ne!(after.key_check, before.key_check);
     let new_passphrase = dir.join("new-passphrase");

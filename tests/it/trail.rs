@@ -4,21 +4,20 @@
 //! newest records truncated; export and prune keep the rest verifiable; a
 //! trail written before chains were keyed is re-linked once it verifies.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::Path, process::Command};
 
 use aitokens::{
     crypto::chain::{GENESIS, legacy_link},
-    model::{AuditEvent, Outcome, from_micros},
+    model::{AuditEvent, Outcome, from_micros, micros},
 };
-use rusqlite::{Connection, params};
 
-use crate::common::{Setup, TestServer, create_request};
+use crate::{
+    backend::{BackDoor, DataFolder, TestStore, Val},
+    common::{Setup, TestServer, create_request},
+};
 
 /// A stopped server's data folder with `tokens` creates in its trail.
-async fn trail_with(tokens: usize) -> (tempfile::TempDir, aitokens::config::Config) {
+async fn trail_with(tokens: usize) -> (DataFolder, aitokens::config::Config) {
     let mut setup = Setup::new();
     setup.config.audit.checkpoint_interval_secs = 1;
     let server = setup.start().await;
@@ -34,25 +33,24 @@ async fn trail_with(tokens: usize) -> (tempfile::TempDir, aitokens::config::Conf
 }
 
 struct Files {
-    db: PathBuf,
-    key: PathBuf,
-    anchor: PathBuf,
+    db: TestStore,
+    key: std::path::PathBuf,
+    anchor: std::path::PathBuf,
 }
 
-fn files(dir: &Path, config: &aitokens::config::Config) -> Files {
+fn files(dir: &DataFolder, config: &aitokens::config::Config) -> Files {
     Files {
-        db: config.store.database.clone(),
+        db: dir.store.clone(),
         key: config.store.master_key_file.clone().expect("key file"),
-        anchor: dir.join("audit-anchor.jsonl"),
+        anchor: dir.path().join("audit-anchor.jsonl"),
     }
 }
 
 /// `aitokens audit verify` of `db` with the key, and the anchor if given.
-fn verify(db: &Path, key: &Path, anchor: Option<&Path>) -> (bool, String) {
+fn verify(db: &TestStore, key: &Path, anchor: Option<&Path>) -> (bool, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_aitokens"));
     command
-        .args(["audit", "verify", "--db"])
-        .arg(db)
+        .args(["audit", "verify", "--db", &db.spec()])
         .arg("--key-file")
         .arg(key);
     if let Some(anchor) = anchor {
@@ -67,127 +65,118 @@ fn verify(db: &Path, key: &Path, anchor: Option<&Path>) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// A copy of the database (with its WAL, if any) named `name`.
-fn copy(db: &Path, name: &str) -> PathBuf {
-    let path = db.with_file_name(name);
-    std::fs::copy(db, &path).expect("copy db");
-    let wal = format!("{}-wal", db.display());
-    if Path::new(&wal).exists() {
-        std::fs::copy(&wal, format!("{}-wal", path.display())).expect("copy wal");
-    }
-    path
+/// Runs `statements` on `db` as someone who ignores the trail's guards.
+async fn tamper(db: &TestStore, statements: &str) {
+    let door = db.back_door().await;
+    door.ignore_guards().await;
+    door.batch(statements).await;
 }
 
-fn sql(db: &Path, statements: &str) {
-    Connection::open(db)
-        .expect("open")
-        .execute_batch(statements)
-        .expect("tamper");
-}
-
-/// Events of every record left in `db`, by sequence.
-fn events(conn: &Connection) -> Vec<(i64, AuditEvent)> {
-    let mut stmt = conn
-        .prepare(
-            "SELECT seq, time_us, actor, peer, method, tenant, resource, outcome, reason, count, first_us
-             FROM audit ORDER BY seq",
-        )
-        .expect("prepare");
-    stmt.query_map([], |r| {
-        let time: i64 = r.get(1)?;
-        let outcome: String = r.get(7)?;
-        Ok((
-            r.get(0)?,
+/// Events of every record left in the database, by sequence.
+async fn events(door: &BackDoor) -> Vec<(i64, AuditEvent)> {
+    door.query(
+        "SELECT seq, time_us, actor, peer, method, tenant, resource, outcome, reason, count, first_us
+         FROM audit ORDER BY seq",
+        &[],
+    )
+    .await
+    .into_iter()
+    .map(|r| {
+        let time = r[1].int();
+        let first = match &r[10] {
+            Val::Null => time,
+            v => v.int(),
+        };
+        let tenant = match &r[5] {
+            Val::Null => None,
+            v => Some(v.text()),
+        };
+        (
+            r[0].int(),
             AuditEvent {
                 time: from_micros(time),
-                first_time: from_micros(r.get::<_, Option<i64>>(10)?.unwrap_or(time)),
-                count: r.get(9)?,
-                actor: r.get(2)?,
-                peer: r.get(3)?,
-                method: r.get(4)?,
-                tenant: r.get(5)?,
-                resource: r.get(6)?,
-                outcome: Outcome::parse(&outcome),
-                reason: r.get(8)?,
+                first_time: from_micros(first),
+                count: r[9].int(),
+                actor: r[2].text(),
+                peer: r[3].text(),
+                method: r[4].text(),
+                tenant,
+                resource: r[6].text(),
+                outcome: Outcome::parse(&r[7].text()),
+                reason: r[8].text(),
             },
-        ))
+        )
     })
-    .expect("query")
-    .collect::<rusqlite::Result<_>>()
-    .expect("rows")
+    .collect()
 }
 
 /// What someone with write access to the database but not the key can do:
 /// keep `keep` records, renumber them and compute a fresh chain over them
 /// with the unkeyed hash, head included.
-fn rebuild_without_the_key(db: &Path, keep: usize) {
-    let conn = Connection::open(db).expect("open");
-    let kept: Vec<_> = events(&conn).into_iter().take(keep).collect();
-    conn.execute_batch(
-        "DROP TRIGGER audit_no_delete; DROP TRIGGER audit_no_update; DELETE FROM audit;",
-    )
-    .expect("wipe");
+async fn rebuild_without_the_key(db: &TestStore, keep: usize) {
+    let door = db.back_door().await;
+    door.ignore_guards().await;
+    let kept: Vec<_> = events(&door).await.into_iter().take(keep).collect();
+    door.batch("DELETE FROM audit").await;
     let mut prev = GENESIS.to_vec();
     for (i, (_, event)) in kept.iter().enumerate() {
         let seq = i as i64 + 1;
         let hash = legacy_link(&prev, seq, event);
-        conn.execute(
+        door.execute(
             "INSERT INTO audit (seq, time_us, actor, peer, method, tenant, resource, outcome, reason,
                                 count, first_us, prev_hash, hash)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13",
-            params![
-                seq,
-                aitokens::model::micros(event.time),
-                event.actor,
-                event.peer,
-                event.method,
-                event.tenant,
-                event.resource,
-                event.outcome.as_str(),
-                event.reason,
-                event.count,
-                aitokens::model::micros(event.first_time),
-                prev,
-                hash.as_slice()
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            &[
+                seq.into(),
+                micros(event.time).into(),
+                event.actor.as_str().into(),
+                event.peer.as_str().into(),
+                event.method.as_str().into(),
+                event.tenant.as_deref().map_or(Val::Null, Val::from),
+                event.resource.as_str().into(),
+                event.outcome.as_str().into(),
+                event.reason.as_str().into(),
+                event.count.into(),
+                micros(event.first_time).into(),
+                prev.clone().into(),
+                hash.to_vec().into(),
             ],
         )
-        .expect("insert");
+        .await;
         prev = hash.to_vec();
     }
-    conn.execute(
-        "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1",
-        params![kept.len() as i64, prev],
+    door.execute(
+        "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1",
+        &[(kept.len() as i64).into(), prev.into()],
     )
-    .expect("head");
+    .await;
 }
 
 #[tokio::test]
 async fn verify_finds_every_kind_of_tampering() {
     let (dir, config) = trail_with(8).await;
-    let f = files(dir.path(), &config);
+    let f = files(&dir, &config);
     let (ok, text) = verify(&f.db, &f.key, Some(&f.anchor));
     assert!(ok, "the untouched trail must verify: {text}");
     assert!(text.contains("intact: 8 records"), "{text}");
     assert!(text.contains("checkpoints of"), "{text}");
 
-    let altered = copy(&f.db, "altered.db");
-    sql(
+    let altered = f.db.copy("altered.db").await;
+    tamper(
         &altered,
-        "DROP TRIGGER audit_no_update; UPDATE audit SET actor = 'someone-else' WHERE seq = 2;",
-    );
+        "UPDATE audit SET actor = 'someone-else' WHERE seq = 2",
+    )
+    .await;
     let (ok, text) = verify(&altered, &f.key, None);
     assert!(!ok && text.contains("broken at record 2"), "{text}");
 
-    let removed = copy(&f.db, "removed.db");
-    sql(
-        &removed,
-        "DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq = 3;",
-    );
+    let removed = f.db.copy("removed.db").await;
+    tamper(&removed, "DELETE FROM audit WHERE seq = 3").await;
     let (ok, text) = verify(&removed, &f.key, None);
     assert!(!ok && text.contains("broken at record 3"), "{text}");
 
-    let rebuilt = copy(&f.db, "rebuilt.db");
-    rebuild_without_the_key(&rebuilt, 3);
+    let rebuilt = f.db.copy("rebuilt.db").await;
+    rebuild_without_the_key(&rebuilt, 3).await;
     let (ok, text) = verify(&rebuilt, &f.key, None);
     assert!(
         !ok && text.contains("broken at record 1") && text.contains("MAC"),
@@ -196,21 +185,22 @@ async fn verify_finds_every_kind_of_tampering() {
 
     // Truncated after the last checkpoint, head adjusted to match: the
     // database alone looks intact; the anchor shows what it held.
-    let truncated = copy(&f.db, "truncated.db");
-    let conn = Connection::open(&truncated).expect("open");
-    let (seq, hash): (i64, Vec<u8>) = conn
-        .query_row("SELECT seq, hash FROM audit WHERE seq = 6", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .expect("record 6");
-    conn.execute_batch("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq > 6;")
-        .expect("truncate");
-    conn.execute(
-        "UPDATE audit_head SET seq = ?1, hash = ?2",
-        params![seq, hash],
+    let truncated = f.db.copy("truncated.db").await;
+    let door = truncated.back_door().await;
+    door.ignore_guards().await;
+    let six = &door
+        .query("SELECT seq, hash FROM audit WHERE seq = 6", &[])
+        .await[0];
+    assert_eq!(
+        door.execute("DELETE FROM audit WHERE seq > 6", &[]).await,
+        2
+    );
+    door.execute(
+        "UPDATE audit_head SET seq = $1, hash = $2",
+        &[six[0].clone(), six[1].clone()],
     )
-    .expect("head");
-    drop(conn);
+    .await;
+    drop(door);
     let (ok, text) = verify(&truncated, &f.key, None);
     assert!(
         ok,
@@ -243,7 +233,7 @@ async fn verify_finds_every_kind_of_tampering() {
 #[tokio::test]
 async fn export_then_prune_leaves_a_trail_that_still_verifies() {
     let (dir, config) = trail_with(6).await;
-    let f = files(dir.path(), &config);
+    let f = files(&dir, &config);
     let config_path = dir.path().join("config.toml");
     let exported = dir.path().join("export.jsonl");
     let run = |args: &[&str]| {
@@ -280,12 +270,12 @@ async fn export_then_prune_leaves_a_trail_that_still_verifies() {
         .expect("create");
     drop(admin);
     let (dir, config) = server.stop().await;
-    let f = files(dir.path(), &config);
+    let f = files(&dir, &config);
     let (ok, text) = verify(&f.db, &f.key, Some(&f.anchor));
     assert!(ok && text.contains("intact: 3 records"), "{text}");
     // The base cannot be moved without the key.
-    let moved = copy(&f.db, "moved-base.db");
-    sql(&moved, "UPDATE audit_base SET seq = 3;");
+    let moved = f.db.copy("moved-base.db").await;
+    tamper(&moved, "UPDATE audit_base SET seq = 3").await;
     let (ok, text) = verify(&moved, &f.key, None);
     assert!(!ok && text.contains("base of the pruned trail"), "{text}");
 }
@@ -293,36 +283,31 @@ async fn export_then_prune_leaves_a_trail_that_still_verifies() {
 #[tokio::test]
 async fn a_trail_from_before_keyed_chains_is_relinked_only_if_it_verifies() {
     let (dir, config) = trail_with(3).await;
-    let db = config.store.database.clone();
+    let db = dir.store.clone();
     // Turn the database back into one written before chains were keyed: no
     // audit key, every link the unkeyed hash.
-    let legacy = |db: &Path| {
-        let conn = Connection::open(db).expect("open");
-        let all = events(&conn);
-        conn.execute_batch("UPDATE keyring SET audit_key = NULL; DROP TRIGGER audit_no_update;")
-            .expect("unkey");
+    {
+        let door = db.back_door().await;
+        let all = events(&door).await;
+        door.ignore_guards().await;
+        door.batch("UPDATE keyring SET audit_key = NULL").await;
         let mut prev = GENESIS.to_vec();
         for (seq, event) in &all {
             let hash = legacy_link(&prev, *seq, event);
-            conn.execute(
-                "UPDATE audit SET prev_hash = ?2, hash = ?3 WHERE seq = ?1",
-                params![seq, prev, hash.as_slice()],
+            door.execute(
+                "UPDATE audit SET prev_hash = $2, hash = $3 WHERE seq = $1",
+                &[(*seq).into(), prev.clone().into(), hash.to_vec().into()],
             )
-            .expect("relink");
+            .await;
             prev = hash.to_vec();
         }
-        conn.execute(
-            "UPDATE audit_head SET seq = ?1, hash = ?2",
-            params![all.len() as i64, prev],
+        door.execute(
+            "UPDATE audit_head SET seq = $1, hash = $2",
+            &[(all.len() as i64).into(), prev.into()],
         )
-        .expect("head");
-        conn.execute_batch(
-            "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
-                 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
-        )
-        .expect("trigger");
-    };
-    legacy(&db);
+        .await;
+        door.restore_guards().await;
+    }
     let key = config.store.master_key_file.clone().expect("key");
     let (ok, text) = verify(&db, &key, None);
     assert!(!ok && text.contains("not keyed yet"), "{text}");
@@ -351,19 +336,17 @@ async fn a_trail_from_before_keyed_chains_is_relinked_only_if_it_verifies() {
         );
         (out.status.success(), text)
     };
-    let tampered = copy(&db, "tampered.db");
-    sql(
+    let tampered = db.copy("tampered.db").await;
+    tamper(
         &tampered,
-        "DROP TRIGGER audit_no_update; UPDATE audit SET reason = 'edited' WHERE seq = 2;",
-    );
-    let tampered_config = dir.path().join("tampered.toml");
-    std::fs::write(
-        &tampered_config,
-        std::fs::read_to_string(&config_path)
-            .expect("config")
-            .replace("aitokens.db", "tampered.db"),
+        "UPDATE audit SET reason = 'edited' WHERE seq = 2",
     )
-    .expect("write config");
+    .await;
+    let tampered_config = dir.path().join("tampered.toml");
+    let mut table: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&config_path).expect("config")).expect("toml");
+    tampered.configure_toml(table["store"].as_table_mut().expect("[store]"));
+    std::fs::write(&tampered_config, toml::to_string(&table).expect("toml")).expect("write config");
     let (ok, text) = upgrade(&tampered_config);
     assert!(
         !ok && text.contains("does not verify at record 2"),

@@ -18,7 +18,7 @@ use crate::{
     error::{Error, Result},
     model::{UsageBatch, micros},
     rotation::{Legacy, chain_key},
-    store::{AuditLog, Pending, SqliteStore},
+    store::{self, Hold, Pending, SharedStore, SqliteStore, StoreLocation},
 };
 
 /// `aitokens audit ...`.
@@ -43,7 +43,8 @@ pub async fn run(command: AuditCommand) -> Result<()> {
 /// `aitokens audit upgrade`: keys a legacy trail (see [`Legacy::Upgrade`]).
 async fn upgrade(config: &Config) -> Result<()> {
     let source = config.store.key_source()?;
-    let offline = Offline::open_with(&config.store.database, &source, Legacy::Upgrade).await?;
+    let location = config.store.location()?;
+    let offline = Offline::open_at(&location, &source, Legacy::Upgrade, Hold::Exclusive).await?;
     let event = cli_event(
         "aitokens audit upgrade",
         "audit",
@@ -60,26 +61,26 @@ async fn upgrade(config: &Config) -> Result<()> {
     let (records, _) = offline.store.chain_head().await?.unwrap_or_default();
     println!(
         "the audit trail of {} is keyed: {records} records linked under a key the root key opens",
-        config.store.database.display()
+        location.shown()
     );
     Ok(())
 }
 
 /// A trail opened for a command.
 struct Trail {
-    db: PathBuf,
-    store: SqliteStore,
+    db: String,
+    store: SharedStore,
     key: Arc<ChainKey>,
     anchor: Option<PathBuf>,
 }
 
 impl Trail {
     async fn open(args: &TrailArgs, write: bool) -> Result<Self> {
-        let (db, source, anchor) = match (&args.config, &args.db) {
+        let (location, source, anchor) = match (&args.config, &args.db) {
             (Some(config), _) => {
                 let config = Config::load(config)?;
                 let source = config.store.key_source()?;
-                (config.store.database, source, config.audit.anchor)
+                (config.store.location()?, source, config.audit.anchor)
             }
             (None, Some(db)) => {
                 let source = match (&args.key_file, &args.passphrase_file) {
@@ -93,27 +94,25 @@ impl Trail {
                         ));
                     }
                 };
-                (db.clone(), source, None)
+                (super::location(db, None)?, source, None)
             }
             (None, None) => return Err(Error::config("pass --config, or --db and its key")),
         };
         let material = source.load()?;
-        let store = {
-            let path = db.clone();
-            tokio::task::spawn_blocking(move || {
-                if write {
-                    SqliteStore::open(&path)
-                } else {
-                    SqliteStore::open_read_only(&path)
-                }
-            })
-            .await
-            .map_err(|e| Error::Internal(format!("opening the database: {e}")))??
+        let store: SharedStore = match (&location, write) {
+            (StoreLocation::Sqlite(path), false) => {
+                let path = path.clone();
+                let store = tokio::task::spawn_blocking(move || SqliteStore::open_read_only(&path))
+                    .await
+                    .map_err(|e| Error::Internal(format!("opening the database: {e}")))??;
+                Arc::new(store)
+            }
+            _ => store::open(&location, None).await?,
         };
-        let key = Arc::new(chain_key(&store, material).await?);
+        let key = Arc::new(chain_key(&*store, material).await?);
         store.use_chain_key(key.clone());
         Ok(Self {
-            db,
+            db: location.shown(),
             store,
             key,
             anchor,
@@ -123,7 +122,7 @@ impl Trail {
 
 async fn verify(trail: &Trail, anchor: Option<&Path>) -> Result<i64> {
     let checkpoints = anchor.map(read_anchor).transpose()?.unwrap_or_default();
-    match verify_chain(&trail.store, &trail.key, &checkpoints).await? {
+    match verify_chain(&*trail.store, &trail.key, &checkpoints).await? {
         AuditVerdict::Intact {
             records,
             checkpoints,
@@ -133,13 +132,13 @@ async fn verify(trail: &Trail, anchor: Option<&Path>) -> Result<i64> {
             });
             println!(
                 "audit chain intact: {records} records verified in {}{against}",
-                trail.db.display()
+                trail.db
             );
             Ok(records)
         }
         AuditVerdict::Broken { seq, reason } => Err(Error::database(format!(
             "audit chain broken at record {seq}: {reason} ({})",
-            trail.db.display()
+            trail.db
         ))),
     }
 }
@@ -215,7 +214,7 @@ async fn prune(trail: &Trail, through_seq: i64) -> Result<()> {
     }
     println!(
         "pruned {deleted} audit records through {through_seq} from {}; what remains verifies from there",
-        trail.db.display()
+        trail.db
     );
     Ok(())
 }

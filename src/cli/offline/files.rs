@@ -10,7 +10,7 @@ use crate::{
     config::Config,
     crypto::{KeySource, Keyring, RootKey, RootMaterial, new_deployment_id},
     error::{Error, Result},
-    store::{DbLock, Hold, KeyringStore, Maintenance, SqliteStore},
+    store::{DbLock, Hold, Maintenance, SqliteStore, StoreLocation},
 };
 
 /// `aitokens init`: a new database whose keyring is sealed under the chosen
@@ -32,12 +32,14 @@ pub async fn init(args: InitArgs) -> Result<()> {
             ));
         }
     };
-    let store = open(&db).await?;
+    let location = super::location(&db, None)?;
+    if let StoreLocation::Postgres(target) = &location {
+        crate::store::PgStore::migrate(target.as_ref()).await?;
+    }
+    let store = crate::store::open(&location, None).await?;
+    let db = location.shown();
     if store.keyring().await?.is_some() {
-        return Err(Error::database(format!(
-            "{} is already initialized",
-            db.display()
-        )));
+        return Err(Error::database(format!("{db} is already initialized")));
     }
     let shown = format!("{source:?}");
     let records = tokio::task::spawn_blocking(move || -> Result<_> {
@@ -67,7 +69,7 @@ pub async fn init(args: InitArgs) -> Result<()> {
     .await
     .map_err(|e| Error::Internal(format!("key derivation task failed: {e}")))??;
     store.init_keyring(records).await?;
-    println!("initialized {} with KEK version 1 ({shown})", db.display());
+    println!("initialized {db} with KEK version 1 ({shown})");
     Ok(())
 }
 
@@ -75,7 +77,16 @@ pub async fn init(args: InitArgs) -> Result<()> {
 /// serving) to a new file.
 pub async fn backup(args: BackupArgs) -> Result<()> {
     let config = Config::load(&args.config)?;
-    let database = config.store.database.clone();
+    let database = match config.store.location()? {
+        StoreLocation::Sqlite(path) => path,
+        StoreLocation::Postgres(target) => {
+            return Err(Error::config(format!(
+                "{} is PostgreSQL: back it up with pg_dump (or your operator's base backups); \
+                 the dump holds only sealed values, and the root key is not in it",
+                target.shown()
+            )));
+        }
+    };
     let store = {
         let path = database.clone();
         tokio::task::spawn_blocking(move || SqliteStore::open_read_only(&path))
@@ -96,7 +107,15 @@ pub async fn backup(args: BackupArgs) -> Result<()> {
 /// every value in it, then replaces the database atomically.
 pub async fn restore(args: RestoreArgs) -> Result<()> {
     let config = Config::load(&args.config)?;
-    let db = args.db.unwrap_or_else(|| config.store.database.clone());
+    let db = match (args.db, config.store.location()?) {
+        (Some(db), _) | (None, StoreLocation::Sqlite(db)) => db,
+        (None, StoreLocation::Postgres(target)) => {
+            return Err(Error::config(format!(
+                "{} is PostgreSQL: restore it with pg_restore (or your operator's tools)",
+                target.shown()
+            )));
+        }
+    };
     let source = config.store.key_source()?;
     let _alone = {
         let db = db.clone();
@@ -141,4 +160,22 @@ async fn open(path: &Path) -> Result<Arc<SqliteStore>> {
         .await
         .map_err(|e| Error::Internal(format!("opening the database: {e}")))??;
     Ok(Arc::new(store))
+}
+
+/// `aitokens migrate`: applies the migrations the store lacks.
+pub async fn migrate(config: &Path) -> Result<()> {
+    match Config::load(config)?.store.location()? {
+        StoreLocation::Sqlite(path) => {
+            open(&path).await?;
+            println!("{} is at the current schema", path.display());
+        }
+        StoreLocation::Postgres(target) => {
+            let applied = crate::store::PgStore::migrate(&target).await?;
+            println!(
+                "{}: {applied} migration(s) applied; the schema is current",
+                target.shown()
+            );
+        }
+    }
+    Ok(())
 }

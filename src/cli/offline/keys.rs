@@ -15,7 +15,7 @@ use crate::{
     crypto::{KeySource, RootKey},
     error::{Error, Result},
     model::{KdfParams, KeyringRecords},
-    rotation::{KeyRotation, KeyStatus},
+    rotation::KeyStatus,
 };
 
 /// `aitokens keys status`.
@@ -42,7 +42,7 @@ pub async fn rotate(config: &Config, resume_only: bool, batch: usize) -> Result<
             before.current_version
         );
     }
-    let total = rewrap_to_end(keys, batch).await?;
+    let total = rewrap_to_end(&offline, batch).await?;
     let status = keys.status().await?;
     println!(
         "re-wrap complete: {} data keys under KEK version {}",
@@ -52,9 +52,12 @@ pub async fn rotate(config: &Config, resume_only: bool, batch: usize) -> Result<
     Ok(())
 }
 
-/// Runs one pass of the re-wrap job over every data key, with a progress
-/// bar; returns how many were pending when it started.
-async fn rewrap_to_end(keys: &KeyRotation, batch: usize) -> Result<u64> {
+/// Runs the re-wrap job over every data key to the end, with a progress
+/// bar; returns how many were pending when it started. The job runs in one
+/// process at a time: while a server replica holds it (PostgreSQL), this
+/// follows its progress, and takes the job over if that replica lets go.
+async fn rewrap_to_end(offline: &Offline, batch: usize) -> Result<u64> {
+    let keys = &offline.keys;
     let total = u64::try_from(keys.status().await?.pending()).unwrap_or(0);
     let bar = ProgressBar::new(total).with_style(
         ProgressStyle::with_template(
@@ -62,11 +65,28 @@ async fn rewrap_to_end(keys: &KeyRotation, batch: usize) -> Result<u64> {
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let mut following = false;
     loop {
-        match keys.rewrap_step(batch).await? {
-            0 => break,
-            n => bar.inc(n as u64),
+        let Some(_lease) = offline.store.lease("rewrap").await? else {
+            if !following {
+                bar.println("a server holds the re-wrap job; following its progress");
+                following = true;
+            }
+            let pending = u64::try_from(keys.status().await?.pending()).unwrap_or(0);
+            if pending == 0 {
+                break;
+            }
+            bar.set_position(total.saturating_sub(pending));
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            continue;
+        };
+        loop {
+            match keys.rewrap_step(batch).await? {
+                0 => break,
+                n => bar.inc(n as u64),
+            }
         }
+        break;
     }
     bar.finish();
     Ok(total)
@@ -123,7 +143,7 @@ pub async fn rekey(config: &Config, new_root: NewRoot) -> Result<()> {
 /// which old key to destroy: until it is destroyed, old copies still open.
 pub async fn shred(config: &Config, new_root: NewRoot, batch: usize) -> Result<()> {
     let old_source = config.store.key_source()?;
-    let offline = Offline::open_exclusive(&config.store.database, &old_source).await?;
+    let offline = Offline::from_config_exclusive(config).await?;
     let keys = &offline.keys;
     let current = stored_keyring(&offline).await?;
     // Before anything changes: a "new" key the old copies open is refused.
@@ -133,7 +153,7 @@ pub async fn shred(config: &Config, new_root: NewRoot, batch: usize) -> Result<(
     let old_versions = current.versions();
     let version = keys.rotate(vec![event("KEK rotated".into())]).await?;
     println!("added KEK version {version}; re-wrapping every data key to it");
-    rewrap_to_end(keys, batch).await?;
+    rewrap_to_end(&offline, batch).await?;
     let destroyed = keys
         .destroy_old(&event("old KEK versions destroyed".into()))
         .await?;

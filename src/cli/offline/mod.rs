@@ -2,6 +2,7 @@
 //! running server: `init`, `keys`, `backup`, `restore` and `audit verify`.
 
 mod audit;
+mod copy;
 mod files;
 mod keys;
 mod open;
@@ -22,9 +23,11 @@ use crate::{
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("root").required(true).args(["key_file", "passphrase_file", "passphrase_stdin"])))]
 pub struct InitArgs {
-    /// The database file to create.
-    #[arg(long)]
-    db: PathBuf,
+    /// The store to initialize: a SQLite file (created), `sqlite:PATH`, or
+    /// a postgres:// URL (migrated first; its password from
+    /// AITOKENS_PG_PASSWORD_FILE).
+    #[arg(long, value_name = "STORE")]
+    db: String,
     /// Root key file: used if it exists, else created (mode 0600).
     #[arg(long)]
     key_file: Option<PathBuf>,
@@ -59,6 +62,40 @@ pub struct RestoreArgs {
     /// The database to replace (default: the config's).
     #[arg(long)]
     db: Option<PathBuf>,
+}
+
+/// Options of `aitokens migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The server config file (names the store).
+    #[arg(long, short)]
+    config: PathBuf,
+}
+
+/// `aitokens store` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy every row (sealed values, keyring, usage, bindings, the audit
+    /// trail with its links) into an empty store, then check that every
+    /// value opens and the chain verifies. Stop the servers of the source
+    /// first; the target must be empty (and migrated, for PostgreSQL).
+    Copy {
+        /// The store to copy: `sqlite:PATH` (or a postgres:// URL).
+        #[arg(long, value_name = "LOCATION")]
+        from: String,
+        /// The empty store to fill: a postgres:// URL (or `sqlite:PATH`). The
+        /// password comes from --password-file, never from the URL.
+        #[arg(long, value_name = "LOCATION")]
+        to: String,
+        /// The PostgreSQL password file (either side) [default:
+        /// AITOKENS_PG_PASSWORD_FILE].
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// The server config file: the root key that opens the copied
+        /// keyring, for the checks.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 /// `aitokens keys` subcommands.
@@ -202,9 +239,10 @@ pub struct TrailArgs {
     /// The server config file (its database, root key and anchor).
     #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Or a database file...
-    #[arg(long, value_name = "FILE", requires = "trail_key")]
-    db: Option<PathBuf>,
+    /// Or a store (a SQLite file, `sqlite:PATH`, or a postgres:// URL whose
+    /// password comes from AITOKENS_PG_PASSWORD_FILE)...
+    #[arg(long, value_name = "STORE", requires = "trail_key")]
+    db: Option<String>,
     /// ...with its root key file...
     #[arg(long, value_name = "FILE", group = "trail_key")]
     key_file: Option<PathBuf>,
@@ -216,6 +254,16 @@ pub struct TrailArgs {
     passphrase_stdin: bool,
 }
 
+/// The store a command-line argument names; a PostgreSQL password comes
+/// from `password_file`, else from `AITOKENS_PG_PASSWORD_FILE`.
+fn location(
+    spec: &str,
+    password_file: Option<&std::path::Path>,
+) -> Result<crate::store::StoreLocation> {
+    let from_env = std::env::var_os("AITOKENS_PG_PASSWORD_FILE").map(PathBuf::from);
+    crate::store::StoreLocation::parse(spec, password_file.or(from_env.as_deref()))
+}
+
 /// Runs an offline command; prints errors and maps them to exit code 1.
 pub async fn run(command: OfflineCommand) -> ExitCode {
     let result = match command {
@@ -224,6 +272,13 @@ pub async fn run(command: OfflineCommand) -> ExitCode {
         OfflineCommand::Backup(args) => files::backup(args).await,
         OfflineCommand::Restore(args) => files::restore(args).await,
         OfflineCommand::Audit(command) => audit::run(command).await,
+        OfflineCommand::Migrate(args) => files::migrate(&args.config).await,
+        OfflineCommand::Store(StoreCommand::Copy {
+            from,
+            to,
+            password_file,
+            config,
+        }) => copy::run(&from, &to, password_file.as_deref(), &config).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -248,6 +303,10 @@ pub enum OfflineCommand {
     Restore(RestoreArgs),
     /// `aitokens audit ...`.
     Audit(AuditCommand),
+    /// `aitokens migrate`.
+    Migrate(MigrateArgs),
+    /// `aitokens store ...`.
+    Store(StoreCommand),
 }
 
 async fn run_keys(command: KeysCommand) -> Result<()> {

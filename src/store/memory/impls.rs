@@ -442,6 +442,10 @@ impl Maintenance for MemoryStore {
         Ok(())
     }
 
+    async fn lease(&self, _job: &'static str) -> Result<Option<crate::store::Lease>> {
+        Ok(Some(crate::store::Lease::free()))
+    }
+
     async fn backup(&self, _dest: &Path) -> Result<()> {
         Err(Error::file("the in-memory store has no file to back up"))
     }

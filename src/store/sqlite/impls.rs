@@ -312,6 +312,12 @@ impl Maintenance for SqliteStore {
         .await
     }
 
+    async fn lease(&self, _job: &'static str) -> Result<Option<crate::store::Lease>> {
+        // Every update of a job is conditional on what it read: several
+        // runners cannot conflict, so nobody needs to wait.
+        Ok(Some(crate::store::Lease::free()))
+    }
+
     async fn backup(&self, dest: &Path) -> Result<()> {
         let dest = dest.to_owned();
         self.read(move |conn| backup::to_file(conn, &dest)).await

@@ -11,6 +11,7 @@ mod lock;
 mod readers;
 mod schema;
 mod tokens;
+mod transfer;
 mod usage;
 
 use std::{

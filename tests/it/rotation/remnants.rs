@@ -12,40 +12,47 @@ use aitokens::{
     api::pb::{DestroyOldKeysRequest, RemoveTokenRequest, RotateKeysRequest},
     cli::Offline,
     config::Config,
+    rotation::Legacy,
+    store::{Hold, StoreLocation},
 };
 
 use super::{aitokens, assert_all_resolve, key_admin, seed, write_config};
 use crate::{
     admin::contains,
+    backend::{self, TestStore},
     common::{TestServer, create_request},
 };
 
-async fn opens_with(db: &Path, key: &Path) -> bool {
-    Offline::open(db, &aitokens::crypto::KeySource::File(key.to_owned()))
-        .await
-        .is_ok()
+async fn opens_with(db: &TestStore, key: &Path) -> bool {
+    let location = StoreLocation::parse(&db.spec(), None).expect("location");
+    Offline::open_at(
+        &location,
+        &aitokens::crypto::KeySource::File(key.to_owned()),
+        Legacy::Refuse,
+        Hold::Shared,
+    )
+    .await
+    .is_ok()
 }
 
 /// The KEK versions stored in `db`, read behind the server's back.
-fn kek_versions(db: &Path) -> Vec<u32> {
-    let conn = rusqlite::Connection::open(db).expect("open");
-    let mut stmt = conn
-        .prepare("SELECT version FROM keks ORDER BY version")
-        .expect("sql");
-    stmt.query_map([], |r| r.get(0))
-        .expect("rows")
-        .map(|r| r.expect("row"))
+async fn kek_versions(db: &TestStore) -> Vec<u32> {
+    db.back_door()
+        .await
+        .query("SELECT version FROM keks ORDER BY version", &[])
+        .await
+        .into_iter()
+        .map(|r| u32::try_from(r[0].int()).expect("version"))
         .collect()
 }
 
 /// The keyring's key check: it changes exactly when the root key does.
-fn key_check(db: &Path) -> Vec<u8> {
-    rusqlite::Connection::open(db)
-        .expect("open")
-        .query_row("SELECT key_check FROM keyring WHERE id = 1", [], |r| {
-            r.get(0)
-        })
-        .expect("key check")
+async fn key_check(db: &TestStore) -> Vec<u8> {
+    db.back_door()
+        .await
+        .value("SELECT key_check FROM keyring WHERE id = 1", &[])
+        .await
+        .bytes()
 }
 
 /// Where a killed `aitokens keys rekey` stopped.
@@ -88,7 +95,7 @@ async fn rekey_interrupted_anywhere_leaves_exactly_one_working_key() {
         }
         config.store.master_key_file = Some(current.clone());
         let next = dir.path().join(format!("key-{attempt}"));
-        let cut = rekey_killed_after(&config, &next, delay).await;
+        let cut = rekey_killed_after(&config, &dir.store, &next, delay).await;
         seen.push((delay, cut));
         if cut == Cut::Committed {
             current = next;
@@ -119,7 +126,7 @@ async fn rekey_interrupted_anywhere_leaves_exactly_one_working_key() {
 /// Runs `aitokens keys rekey` from the config's key to a new key file
 /// `next`, kills it after `delay`, and says where it stopped. Exactly one of
 /// the two keys must open the database afterwards.
-async fn rekey_killed_after(config: &Config, next: &Path, delay: Duration) -> Cut {
+async fn rekey_killed_after(config: &Config, db: &TestStore, next: &Path, delay: Duration) -> Cut {
     let current = config.store.master_key_file.clone().expect("key file");
     let config_path = next.with_extension("toml");
     write_config(config, &config_path);
@@ -135,7 +142,6 @@ async fn rekey_killed_after(config: &Config, next: &Path, delay: Duration) -> Cu
     tokio::time::sleep(delay).await;
     let _ = child.kill();
     child.wait().expect("reap");
-    let db = &config.store.database;
     let (old_ok, new_ok) = (
         opens_with(db, &current).await,
         next.exists() && opens_with(db, next).await,
@@ -164,16 +170,15 @@ async fn a_removed_token_is_gone_from_old_copies_after_destroy_old_and_rekey() {
         .await
         .expect("create");
     let (dir, config) = server.stop().await;
-    let db = config.store.database.clone();
-    let old_copy = dir.path().join("old-copy.db");
-    copy_database(&db, &old_copy);
+    let db = dir.store.clone();
+    let old_copy = db.copy("old-copy.db").await;
     let old_key = config.store.master_key_file.clone().expect("key");
     assert!(
         opens_with(&old_copy, &old_key).await,
         "control: the copy opens with the key of its time"
     );
-    assert_eq!(kek_versions(&db), [1]);
-    let check_before = key_check(&db);
+    assert_eq!(kek_versions(&db).await, [1]);
+    let check_before = key_check(&db).await;
 
     let server = TestServer::start_in(dir, config.clone()).await;
     let mut admin = server.admin().await;
@@ -191,19 +196,31 @@ async fn a_removed_token_is_gone_from_old_copies_after_destroy_old_and_rekey() {
         .expect("rotate")
         .into_inner();
     assert_eq!(rotated.current_version, 2);
-    assert_eq!(kek_versions(&db), [1, 2], "rotate added KEK version 2");
+    assert_eq!(
+        kek_versions(&db).await,
+        [1, 2],
+        "rotate added KEK version 2"
+    );
     let destroyed = keys
         .destroy_old_keys(DestroyOldKeysRequest {})
         .await
         .expect("destroy old (no rows left on v1)")
         .into_inner();
     assert_eq!(destroyed.destroyed_versions, [1]);
-    assert_eq!(kek_versions(&db), [2], "destroy-old removed version 1");
+    assert_eq!(
+        kek_versions(&db).await,
+        [2],
+        "destroy-old removed version 1"
+    );
     let (dir, _) = server.stop().await;
 
     let new_key = dir.path().join("new.key");
     rekey(&config, &new_key);
-    assert_ne!(key_check(&db), check_before, "rekey changed the root key");
+    assert_ne!(
+        key_check(&db).await,
+        check_before,
+        "rekey changed the root key"
+    );
     assert!(
         opens_with(&db, &new_key).await,
         "the live database opens with the new key"
@@ -218,15 +235,6 @@ async fn a_removed_token_is_gone_from_old_copies_after_destroy_old_and_rekey() {
         !opens_with(&old_copy, &new_key).await,
         "the old copy opens with the current key"
     );
-}
-
-/// Copies a database file (and its WAL, if any) while no server runs.
-fn copy_database(db: &Path, to: &Path) {
-    std::fs::copy(db, to).expect("copy");
-    let wal = PathBuf::from(format!("{}-wal", db.display()));
-    if wal.exists() {
-        std::fs::copy(&wal, format!("{}-wal", to.display())).expect("copy wal");
-    }
 }
 
 /// `aitokens keys rekey` to the new key file `new_key`, to completion.
@@ -251,17 +259,16 @@ fn rekey(config: &Config, new_key: &Path) {
 async fn removal_erases_ciphertext_and_wrapped_key_from_the_file_and_wal() {
     let server = TestServer::start().await;
     seed(&server, 30).await;
-    let db = server.database();
-    let sealed: Vec<(Vec<u8>, Vec<u8>)> = {
-        let conn = rusqlite::Connection::open(&db).expect("open");
-        let mut stmt = conn
-            .prepare("SELECT wrapped_data_key, value_ciphertext FROM tokens WHERE token_id < 't00010' ORDER BY seq")
-            .expect("sql");
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .expect("rows")
-            .map(|r| r.expect("row"))
-            .collect()
-    };
+    let door = server.back_door().await;
+    let sealed: Vec<(Vec<u8>, Vec<u8>)> = door
+        .query(
+            "SELECT wrapped_data_key, value_ciphertext FROM tokens WHERE token_id < 't00010' ORDER BY seq",
+            &[],
+        )
+        .await
+        .into_iter()
+        .map(|r| (r[0].bytes(), r[1].bytes()))
+        .collect();
     assert_eq!(sealed.len(), 10);
     let mut admin = server.admin().await;
     for i in 0..10 {
@@ -273,30 +280,47 @@ async fn removal_erases_ciphertext_and_wrapped_key_from_the_file_and_wal() {
             .await
             .expect("remove");
     }
-    let read =
-        |suffix: &str| std::fs::read(format!("{}{suffix}", db.display())).unwrap_or_default();
-    let (file, wal) = (read(""), read("-wal"));
+    // SQLite overwrites freed pages (secure_delete) and truncates its WAL.
+    // PostgreSQL keeps dead tuples until a vacuum: what the server can
+    // promise there is the table rewritten by VACUUM FULL (its WAL and
+    // backups are for crypto-shredding: keys rotate, destroy-old, rekey).
+    if backend::postgres() {
+        door.batch("VACUUM FULL tokens").await;
+    }
+    let kept = door
+        .value(
+            "SELECT value_ciphertext FROM tokens WHERE token_id = 't00020'",
+            &[],
+        )
+        .await
+        .bytes();
+    let files: Vec<(String, Vec<u8>)> = match server.store() {
+        TestStore::Sqlite(db) => ["", "-wal"]
+            .iter()
+            .map(|suffix| {
+                let path = format!("{}{suffix}", db.display());
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                (path, bytes)
+            })
+            .collect(),
+        store @ TestStore::Postgres(_) => {
+            // The database's files, not the WAL written meanwhile.
+            let mark = store.mark().await;
+            let mut files = store.at_rest(&mark).await;
+            files.retain(|(path, _)| path.starts_with("base/"));
+            files
+        }
+    };
     for (i, (dek, ct)) in sealed.iter().enumerate() {
         for (what, bytes) in [("wrapped data key", dek), ("value ciphertext", ct)] {
-            assert!(
-                !contains(&file, bytes),
-                "token {i}: {what} still in the database file"
-            );
-            assert!(!contains(&wal, bytes), "token {i}: {what} still in the WAL");
+            for (path, file) in &files {
+                assert!(!contains(file, bytes), "token {i}: {what} still in {path}");
+            }
         }
     }
     // Control: the kept tokens' ciphertexts are found by the same search.
-    let conn = rusqlite::Connection::open(&db).expect("open");
-    let kept: Vec<u8> = conn
-        .query_row(
-            "SELECT value_ciphertext FROM tokens WHERE token_id = 't00020'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("kept");
-    drop(conn);
     assert!(
-        contains(&read(""), &kept) || contains(&read("-wal"), &kept),
+        files.iter().any(|(_, file)| contains(file, &kept)),
         "search control failed"
     );
 }
