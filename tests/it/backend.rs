@@ -120,13 +120,21 @@ impl TestStore {
             Self::Sqlite(path) => BackDoor::Sqlite(
                 rusqlite::Connection::open(path).expect("open the database behind its back"),
             ),
-            Self::Postgres(db) => BackDoor::Postgres(
-                db.target()
+            Self::Postgres(db) => {
+                let client = db
+                    .target()
                     .expect("target")
                     .connect_one()
                     .await
-                    .expect("connect behind its back"),
-            ),
+                    .expect("connect behind its back");
+                // Not named like a server: the commands that must run
+                // alone count connections named `aitokens`.
+                client
+                    .batch_execute("SET application_name = 'aitokens-test-back-door'")
+                    .await
+                    .expect("name the back door");
+                BackDoor::Postgres(client)
+            }
         }
     }
 }

@@ -18,7 +18,10 @@ mod tokens;
 mod transfer;
 mod usage;
 
-use std::sync::{Arc, RwLock};
+use std::{
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio::sync::broadcast;
@@ -32,6 +35,10 @@ use crate::{
     error::{Error, Result},
     model::AuditEvent,
 };
+
+/// How long [`PgStore::refuse_if_served`] waits for the backends of a
+/// server that just stopped to go away.
+const SERVED_SETTLE: Duration = Duration::from_secs(3);
 
 /// PostgreSQL-backed implementation of every store trait.
 pub struct PgStore {
@@ -87,19 +94,30 @@ impl PgStore {
     /// Refuses (naming how many) while any aitokens server is connected to
     /// `target`: for the commands that must run alone (rekey, shred). A
     /// replica that starts meanwhile is not seen: stop them all first.
+    ///
+    /// A server stopped a moment ago leaves backends that are still exiting,
+    /// so a count above zero is looked at again for up to
+    /// [`SERVED_SETTLE`] before it refuses.
     pub async fn refuse_if_served(target: &PgTarget) -> Result<()> {
         let client = target.connect_one().await?;
-        let served: i64 = client
-            .query_one(
-                "SELECT count(DISTINCT client_addr::text || ':' || client_port::text)
-                 FROM pg_stat_activity
-                 WHERE datname = current_database() AND application_name = 'aitokens'
-                   AND pid <> pg_backend_pid()",
-                &[],
-            )
-            .await
-            .map_err(pg_error)?
-            .get(0);
+        let settle_until = Instant::now() + SERVED_SETTLE;
+        let served = loop {
+            let served: i64 = client
+                .query_one(
+                    "SELECT count(DISTINCT client_addr::text || ':' || client_port::text)
+                     FROM pg_stat_activity
+                     WHERE datname = current_database() AND application_name = 'aitokens'
+                       AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .map_err(pg_error)?
+                .get(0);
+            if served == 0 || Instant::now() >= settle_until {
+                break served;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         if served > 0 {
             return Err(Error::database(format!(
                 "{} is in use: {served} connection(s) of aitokens servers; stop every \
@@ -188,9 +206,9 @@ fn pool(target: &PgTarget) -> Result<Pool> {
     };
     Pool::builder(manager)
         .max_size(target.pool_size())
-        .wait_timeout(Some(std::time::Duration::from_secs(5)))
-        .create_timeout(Some(std::time::Duration::from_secs(5)))
-        .recycle_timeout(Some(std::time::Duration::from_secs(5)))
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .map_err(|e| Error::Internal(format!("PostgreSQL pool: {e}")))
