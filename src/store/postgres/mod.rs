@@ -3,7 +3,7 @@
 //! serialized by a row lock on the chain head, so replicas never fork the
 //! chain; usage counters merge additively; a generation counter and
 //! `NOTIFY aitokens_changes` tell every replica which cached rows to drop
-//! (see [`listen`]); the re-wrap job is leased through an advisory lock.
+//! (see the `listen` module); the re-wrap job is leased through an advisory lock.
 
 mod audit;
 mod bindings;
@@ -97,7 +97,7 @@ impl PgStore {
     ///
     /// A server stopped a moment ago leaves backends that are still exiting,
     /// so a count above zero is looked at again for up to
-    /// [`SERVED_SETTLE`] before it refuses.
+    /// `SERVED_SETTLE` (3 s) before it refuses.
     pub async fn refuse_if_served(target: &PgTarget) -> Result<()> {
         let client = target.connect_one().await?;
         let settle_until = Instant::now() + SERVED_SETTLE;
