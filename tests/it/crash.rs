@@ -52,9 +52,16 @@ pub(crate) fn transport_error(status: &tonic::Status) -> Option<String> {
         source = error.source();
     }
     let lower = text.to_lowercase();
-    let transport = lower.starts_with("transport error")
+    // tonic says "transport error" for a failed connection and "h2 protocol
+    // error" for an HTTP/2 connection that broke under a stream; an io
+    // error's kind may be printed in its Debug form ("ConnectionReset").
+    let transport = (lower.starts_with("transport error")
+        || lower.starts_with("h2 protocol error"))
         && [
             "connection reset",
+            "connectionreset",
+            "brokenpipe",
+            "unexpectedeof",
             "connection closed",
             "closed connection",
             "broken pipe",
@@ -262,6 +269,9 @@ fn only_connection_failures_count_as_transport_errors() {
         tonic::Status::unavailable("tcp connect error"),
         with_source("transport error", ConnectionReset, "connection reset"),
         with_source("transport error", BrokenPipe, "broken pipe"),
+        tonic::Status::unknown(
+            "h2 protocol error: error reading a body from connection: Kind(ConnectionReset)",
+        ),
         {
             let mut closed = tonic::Status::cancelled("operation was canceled");
             closed.set_source(Arc::new(std::io::Error::new(Other, "connection closed")));
@@ -275,6 +285,7 @@ fn only_connection_failures_count_as_transport_errors() {
         tonic::Status::internal("internal error"),
         tonic::Status::cancelled("Timeout expired"),
         tonic::Status::unknown("transport error"),
+        tonic::Status::unknown("h2 protocol error: stream no longer needed"),
         with_source("transport error", Other, "something else"),
         with_source("handler failed", ConnectionReset, "connection reset"),
     ] {
