@@ -123,7 +123,8 @@ enum TokenCommand {
         /// Tokens per request (1 to 1000) [default: the server's, 50].
         #[arg(long)]
         page_size: Option<i32>,
-        /// Only tokens nobody resolved within this many days (or ever).
+        /// Only tokens unused for this many days: created more than DAYS days
+        /// ago and not resolved since (or ever).
         #[arg(long, value_name = "DAYS")]
         unused_for_days: Option<u32>,
     },
