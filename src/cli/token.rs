@@ -1,6 +1,6 @@
 //! `aitokens token ...`: the gRPC client commands.
 
-use std::{fmt, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Subcommand};
 use tonic::transport::Channel;
@@ -218,20 +218,15 @@ enum TokenCommand {
 }
 
 /// An argument typed after `token create`'s token id: almost surely the
-/// value, which never comes from the command line. Held only to refuse it;
-/// never printed, not even by `Debug`.
-#[derive(Clone)]
-struct MisplacedValue(#[allow(dead_code)] Zeroizing<String>);
+/// value, which never comes from the command line. Only its presence is
+/// kept (to refuse it); the text is zeroized as soon as clap hands it over.
+#[derive(Clone, Debug)]
+struct MisplacedValue;
 
 impl From<String> for MisplacedValue {
     fn from(text: String) -> Self {
-        Self(Zeroizing::new(text))
-    }
-}
-
-impl fmt::Debug for MisplacedValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("MisplacedValue([REDACTED])")
+        drop(Zeroizing::new(text));
+        Self
     }
 }
 
