@@ -219,7 +219,8 @@ enum TokenCommand {
 
 /// An argument typed after `token create`'s token id: almost surely the
 /// value, which never comes from the command line. Only its presence is
-/// kept (to refuse it); the text is zeroized as soon as clap hands it over.
+/// kept (to refuse it): the copy clap hands over is zeroized at once (the
+/// process's argv, and clap's own copy of it, remain until exit).
 #[derive(Clone, Debug)]
 struct MisplacedValue;
 
