@@ -66,7 +66,7 @@ pub fn read_anchor(path: &Path) -> Result<Vec<Checkpoint>> {
 }
 
 fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

@@ -20,8 +20,10 @@ use super::{
 /// The profile used when none is named and it exists.
 const DEFAULT_PROFILE_DIR: &str = "aitokens-dev";
 
-/// Connection flags shared by every `token` subcommand.
+/// Connection flags shared by every `token` subcommand (listed under their
+/// own heading in `--help`).
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Connection options")]
 pub struct ConnectArgs {
     /// Profile file with addresses and certificate paths [default:
     /// ./aitokens-dev/profile.toml if it exists, as written by `aitokens dev`].

@@ -55,15 +55,15 @@ pub use token::TokenArgs;
         aitokens token resolve --tenant acme openai-prod"
 )]
 pub struct Cli {
-    /// Log format on stderr: `text` for people, `json` (one object per line)
-    /// for log collectors. The level comes from RUST_LOG (default: info for
-    /// servers, warn for client commands).
+    /// Logs on stderr: text (for people) or json (one object per line); level from RUST_LOG.
     #[arg(
         long,
         value_enum,
         global = true,
+        hide_possible_values = true,
         default_value_t = LogFormat::Text,
-        env = "AITOKENS_LOG_FORMAT"
+        env = "AITOKENS_LOG_FORMAT",
+        help_heading = "Global options"
     )]
     pub log_format: LogFormat,
     /// What to do.

@@ -127,9 +127,19 @@ fn state(token: &Token) -> &'static str {
 /// `key value` lines for people, skipping empty values (escaped, see
 /// [`printable`]).
 pub fn fields(rows: &[(&str, String)]) {
-    for (key, value) in rows.iter().filter(|(_, v)| !v.is_empty()) {
-        println!("{key:<14} {}", printable(value));
-    }
+    print!("{}", fields_text(rows));
+}
+
+/// The text of [`fields`]: every value starts in the same column, one past
+/// the longest key shown.
+fn fields_text(rows: &[(&str, String)]) -> String {
+    let shown: Vec<_> = rows.iter().filter(|(_, v)| !v.is_empty()).collect();
+    let width = shown.iter().map(|(key, _)| key.chars().count()).max();
+    let width = width.unwrap_or(0);
+    shown
+        .iter()
+        .map(|(key, value)| format!("{key:<width$}  {}\n", printable(value)))
+        .collect()
 }
 
 /// Prints `rows` under `header` as aligned columns (cells escaped, see
@@ -172,4 +182,25 @@ pub fn time(t: Option<&Timestamp>) -> String {
         .to_string()
     })
     .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_values_line_up_whatever_the_longest_key() {
+        let text = fields_text(&[
+            ("name", "tenants/acme/tokens/old".to_owned()),
+            ("replaced_by", String::new()),
+            ("last_superseded", "2026-01-01T00:00:00Z".to_owned()),
+            ("window", "86400s".to_owned()),
+        ]);
+        assert_eq!(
+            text,
+            "name             tenants/acme/tokens/old\n\
+             last_superseded  2026-01-01T00:00:00Z\n\
+             window           86400s\n"
+        );
+    }
 }

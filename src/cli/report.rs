@@ -99,9 +99,15 @@ impl Report {
                     })
                     .unwrap_or_default();
                 let reason = details.error_info().map(|info| info.reason.clone());
+                // The blockers and the hint below say what the server's
+                // sentence says; one headline is enough.
+                let message = match reason.as_deref() {
+                    Some("TOKEN_IN_USE") => "the token is still in use".to_owned(),
+                    _ => status.message().to_owned(),
+                };
                 Self {
                     code: Some(status.code()),
-                    message: status.message().to_owned(),
+                    message,
                     fields,
                     hint: hint(status.code(), reason.as_deref(), addr),
                     reason,
@@ -177,11 +183,10 @@ impl Report {
 fn hint(code: Code, reason: Option<&str>, addr: &str) -> String {
     let text = match (code, reason) {
         (Code::FailedPrecondition, Some("TOKEN_IN_USE")) => {
-            "the token is still in use (see the blockers): move its users to another token and \
-             delete its bindings, or add --force"
+            "move its users to another token and delete its bindings, or add --force"
         }
         (Code::FailedPrecondition, Some("TOKEN_DISABLED")) => {
-            "the token is disabled (kill switch); an admin can enable it again"
+            "`aitokens token enable` (as an admin) lifts the kill switch"
         }
         (code, _) => match code {
             Code::InvalidArgument => "correct the field named above and retry; nothing was changed",

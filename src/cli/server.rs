@@ -61,7 +61,8 @@ pub struct ServeArgs {
 }
 
 /// Runs `aitokens dev` until SIGINT or SIGTERM. Non-loopback addresses are
-/// bad usage (exit 2, nothing created) unless --insecure-allow-remote.
+/// bad usage (exit 2, nothing created) unless --insecure-allow-remote; a
+/// port already taken is an error naming its flag (exit 1, nothing created).
 pub async fn dev(args: DevArgs) -> ExitCode {
     let (admin, internal) = (args.admin_addr, args.internal_addr);
     match dev::check_listen_addresses(admin, internal, args.insecure_allow_remote) {
@@ -75,7 +76,59 @@ pub async fn dev(args: DevArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    if let Err(e) = check_dev_ports(&args) {
+        eprintln!("aitokens: error: {e}");
+        return ExitCode::FAILURE;
+    }
     exit_code(run_dev(args).await)
+}
+
+/// Checks that each port `aitokens dev` will listen on is free, before the
+/// data folder is created or touched, and names the flag that moves a
+/// taken one. (Each is bound and released again; the server binds it for
+/// real moments later.)
+fn check_dev_ports(args: &DevArgs) -> Result<()> {
+    let metrics = SocketAddr::from(([127, 0, 0, 1], args.metrics_port));
+    let ports = [
+        ("--admin-addr", args.admin_addr, args.admin_addr.to_string()),
+        (
+            "--internal-addr",
+            args.internal_addr,
+            args.internal_addr.to_string(),
+        ),
+        ("--metrics-port", metrics, args.metrics_port.to_string()),
+    ];
+    for (flag, addr, typed) in ports {
+        if addr.port() == 0 {
+            continue;
+        }
+        let Err(e) = std::net::TcpListener::bind(addr) else {
+            continue;
+        };
+        let free = match flag {
+            "--metrics-port" => "--metrics-port 0".to_owned(),
+            _ => format!("{flag} {}", SocketAddr::new(addr.ip(), 0)),
+        };
+        let why = match (e.kind(), flag) {
+            (std::io::ErrorKind::AddrInUse, "--metrics-port") => format!(
+                "{addr} is already in use, probably by another `aitokens dev` or by \
+                 Prometheus (which also defaults to 9090)"
+            ),
+            (std::io::ErrorKind::AddrInUse, _) => format!(
+                "{addr} is already in use, probably by another `aitokens dev` or `aitokens serve`"
+            ),
+            _ => format!("cannot listen on {addr}: {e}"),
+        };
+        let folder = match args.dir.exists() {
+            true => format!("{} was not touched", args.dir.display()),
+            false => format!("{} was not created", args.dir.display()),
+        };
+        return Err(Error::config(format!(
+            "{flag} {typed}: {why}. Stop that program, or choose another port with {flag} \
+             ({free} picks a free one). Nothing was started; {folder}."
+        )));
+    }
+    Ok(())
 }
 
 /// Runs `aitokens serve` until SIGINT or SIGTERM, with the root key from

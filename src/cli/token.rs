@@ -4,6 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Subcommand};
 use tonic::transport::Channel;
+use zeroize::Zeroizing;
 
 use super::{
     connect::{ConnectArgs, Surface},
@@ -12,37 +13,64 @@ use super::{
     report::{self, CliError},
     value,
 };
-use crate::api::pb::{
-    CreateTokenRequest, GetTokenRequest, ListTokensRequest, RemoveTokenRequest, RenameTokenRequest,
-    ResolveTokenRequest, Token, token_admin_client::TokenAdminClient,
-    token_resolver_client::TokenResolverClient,
+use crate::{
+    api::pb::{
+        CreateTokenRequest, GetTokenRequest, ListTokensRequest, RemoveTokenRequest,
+        RenameTokenRequest, ResolveTokenRequest, Token, token_admin_client::TokenAdminClient,
+        token_resolver_client::TokenResolverClient,
+    },
+    model::{ID_RULE, TenantId},
 };
 
 /// Pages fetched by one `list` at most (at the server's largest page size,
 /// a million tokens): a guard against a server that never ends a listing.
 const MAX_PAGES: usize = 1000;
 
+/// What `aitokens token --help` says after the options: where connection
+/// settings come from, the profile file's keys with an example, and the
+/// exit statuses.
+const TOKEN_LONG_HELP: &str = "\
+Connection settings come from flags, then the environment (AITOKENS_ADMIN_ADDR,
+AITOKENS_INTERNAL_ADDR, AITOKENS_CA, AITOKENS_CERT, AITOKENS_KEY, AITOKENS_SERVER_NAME,
+AITOKENS_PROFILE), then the profile file.
+
+Profile file: --profile FILE or AITOKENS_PROFILE, else ./aitokens-dev/profile.toml
+(which `aitokens dev` writes) when it exists. It is TOML; every key is optional,
+unknown keys are refused, and relative paths are relative to the file. It names
+files only, never a key or a value:
+
+    admin_addr = \"127.0.0.1:50051\"     # admin listener (create, get, list, rename, remove, ...)
+    internal_addr = \"127.0.0.1:50052\"  # internal listener (resolve)
+    ca = \"ca.pem\"                      # CA the server certificate must chain to
+    server_name = \"localhost\"          # name to verify in it [default: the address's host]
+
+    [admin]                            # client certificate for the admin commands
+    cert = \"admin.pem\"
+    key = \"admin.key\"
+
+    [resolver]                         # client certificate for resolve
+    cert = \"agent.pem\"
+    key = \"agent.key\"
+
+Exit status: 0 success; 1 the server refused the request; 2 bad usage or missing
+settings; 3 no connection or an unreadable local file.";
+
 /// Options of `aitokens token`.
 #[derive(Debug, Args)]
-#[command(
-    after_long_help = "Connection settings come from flags, then the environment \
-    (AITOKENS_ADMIN_ADDR, AITOKENS_INTERNAL_ADDR, AITOKENS_CA, AITOKENS_CERT, AITOKENS_KEY, \
-    AITOKENS_SERVER_NAME, AITOKENS_PROFILE), then the profile file.\n\n\
-    Exit status: 0 success; 1 the server refused the request; 2 bad usage or missing \
-    settings; 3 no connection or an unreadable local file."
-)]
+#[command(after_long_help = TOKEN_LONG_HELP)]
 pub struct TokenArgs {
     #[command(flatten)]
     connect: ConnectArgs,
-    /// Output format: `table` for people, `json` for scripts (errors are
-    /// printed as JSON on stderr too).
+    /// Output: table (for people) or json (for scripts; errors too, on stderr).
     #[arg(
         long,
         short,
         value_enum,
         global = true,
+        hide_possible_values = true,
         default_value_t = OutputFormat::Table,
-        env = "AITOKENS_OUTPUT"
+        env = "AITOKENS_OUTPUT",
+        help_heading = "Global options"
     )]
     output: OutputFormat,
     #[command(subcommand)]
@@ -77,6 +105,10 @@ enum TokenCommand {
         /// resolves of the old one then count as superseded.
         #[arg(long, value_name = "TOKEN_ID")]
         replaces: Option<String>,
+        /// Anything typed after the token id: a value, by the look of it,
+        /// which is refused (see [`MisplacedValue`]).
+        #[arg(hide = true, value_name = "VALUE")]
+        misplaced: Vec<MisplacedValue>,
     },
     /// Show a token's metadata (never its value).
     Get {
@@ -91,7 +123,8 @@ enum TokenCommand {
         /// Tokens per request (1 to 1000) [default: the server's, 50].
         #[arg(long)]
         page_size: Option<i32>,
-        /// Only tokens nobody resolved within this many days (or ever).
+        /// Only tokens unused for this many days: created more than DAYS days
+        /// ago and not resolved since (or ever).
         #[arg(long, value_name = "DAYS")]
         unused_for_days: Option<u32>,
     },
@@ -184,6 +217,40 @@ enum TokenCommand {
     },
 }
 
+/// An argument typed after `token create`'s token id: almost surely the
+/// value, which never comes from the command line. Only its presence is
+/// kept (to refuse it): the copy clap hands over is zeroized at once (the
+/// process's argv, and clap's own copy of it, remain until exit).
+#[derive(Clone, Debug)]
+struct MisplacedValue;
+
+impl From<String> for MisplacedValue {
+    fn from(text: String) -> Self {
+        drop(Zeroizing::new(text));
+        Self
+    }
+}
+
+/// The refusal of a value typed as an argument. It never repeats the value.
+const VALUE_AS_ARGUMENT: &str = "`token create` takes one argument, the token id, but more \
+    was typed after it: a value, by the look of it. Values are never taken from the command \
+    line; they come from standard input (`... | aitokens token create ...`), from \
+    --value-file FILE, or from a prompt that does not echo. Nothing was sent to the server. \
+    What you typed is now in your shell's history (and was visible to other users in `ps`): \
+    consider that value exposed, revoke it where it was issued, and store a new one.";
+
+/// A tenant id as typed after `--tenant`, checked here so that a bad one is
+/// reported as the flag the user typed, not as the request field it ends in.
+fn tenant_arg(tenant: &str) -> Result<&str, CliError> {
+    match TenantId::new(tenant, "tenant") {
+        Ok(_) => Ok(tenant),
+        Err(_) => Err(CliError::Usage(format!(
+            "--tenant {tenant}: a tenant id {ID_RULE} (a lowercase letter, then lowercase \
+             letters, digits or '-'; at most 63 characters)"
+        ))),
+    }
+}
+
 /// A token named by `--tenant` and an id, or by its full resource name.
 #[derive(Debug, Args)]
 struct TokenRef {
@@ -202,7 +269,11 @@ impl TokenRef {
             return Ok(self.token.clone());
         }
         match &self.tenant {
-            Some(tenant) => Ok(format!("tenants/{tenant}/tokens/{}", self.token)),
+            Some(tenant) => Ok(format!(
+                "tenants/{}/tokens/{}",
+                tenant_arg(tenant)?,
+                self.token
+            )),
             None => Err(CliError::Usage(format!(
                 "which tenant? pass --tenant TENANT (or AITOKENS_TENANT), or the full name \
                  tenants/TENANT/tokens/{}",
@@ -229,7 +300,11 @@ async fn execute(args: &TokenArgs) -> Result<(), CliError> {
             display_name,
             value_file,
             replaces,
+            misplaced,
         } => {
+            if !misplaced.is_empty() {
+                return Err(CliError::Usage(VALUE_AS_ARGUMENT.to_owned()));
+            }
             let name = token.name()?;
             let (parent, token_id) = name
                 .rsplit_once("/tokens/")
@@ -271,7 +346,7 @@ async fn execute(args: &TokenArgs) -> Result<(), CliError> {
             page_size,
             unused_for_days,
         } => {
-            let parent = format!("tenants/{tenant}");
+            let parent = format!("tenants/{}", tenant_arg(tenant)?);
             let (mut client, addr) = admin(&args.connect).await?;
             let mut tokens = Vec::new();
             let mut page_token = String::new();

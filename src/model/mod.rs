@@ -24,6 +24,6 @@ pub use names::{
     BindingId, BindingName, ID_RULE, MAX_ID_LEN, TenantId, TokenId, TokenName, is_identity,
 };
 pub use page::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, PageCursor, page_limit};
-pub use time::{from_micros, micros, micros_ago, now};
+pub use time::{Clock, from_micros, micros, micros_ago, now};
 pub use token::{SealedToken, SealedValue, SecretValue, TokenRecord, TokenUid};
 pub use usage::{UsageBatch, UsageDelta, UsageStats};

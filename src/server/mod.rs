@@ -165,6 +165,7 @@ impl Server {
             track: config.usage.track,
             recent_window: Duration::from_secs(config.usage.recent_window_secs),
             cache_bytes: config.cache.max_bytes(),
+            ..TokenSettings::default()
         };
         let domain = Domain::new(
             store.clone(),

@@ -193,7 +193,8 @@ pub trait TokenStore: Send + Sync + 'static {
     /// snapshot.
     async fn get_sealed(&self, name: &TokenName) -> Result<Option<SealedToken>>;
     /// Up to `limit` tokens of `tenant` with a sequence above `after_seq`, in
-    /// order; with `unused_since_us`, only those not resolved since then.
+    /// order; with `unused_since_us`, only those created before then and
+    /// not resolved since then.
     async fn list(
         &self,
         tenant: &TenantId,

@@ -20,8 +20,8 @@ use crate::{
     crypto::KeyringHandle,
     error::{Error, Result},
     model::{
-        Actor, BindingName, Outcome, Page, PageCursor, SecretValue, TenantId, TokenId, TokenName,
-        TokenRecord, TokenUid, micros, micros_ago, now, page_limit,
+        Actor, BindingName, Clock, Outcome, Page, PageCursor, SecretValue, TenantId, TokenId,
+        TokenName, TokenRecord, TokenUid, micros, now, page_limit,
     },
     store::TokenStore,
     tokens::usage::{FlushGate, UsageTracker},
@@ -62,13 +62,16 @@ pub struct Lifecycle {
     usage: Arc<UsageTracker>,
     gate: FlushGate,
     recent_window: Duration,
+    /// When tokens are created, and how long ago is "unused for".
+    clock: Clock,
     /// Tokens in the store, kept in memory (see [`Lifecycle::token_count`]).
     count: Arc<AtomicU64>,
 }
 
 impl Lifecycle {
     /// Operations over `store`, sealing with `keyring`; a resolve within
-    /// `recent_window` blocks a removal.
+    /// `recent_window` blocks a removal; times come from `clock`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         store: Arc<dyn TokenStore>,
         keyring: Arc<KeyringHandle>,
@@ -76,6 +79,7 @@ impl Lifecycle {
         usage: Arc<UsageTracker>,
         gate: FlushGate,
         recent_window: Duration,
+        clock: Clock,
         count: u64,
     ) -> Self {
         Self {
@@ -85,6 +89,7 @@ impl Lifecycle {
             usage,
             gate,
             recent_window,
+            clock,
             count: Arc::new(count.into()),
         }
     }
@@ -110,7 +115,12 @@ impl Lifecycle {
             tenant: new.tenant,
             token_id,
         };
-        let record = TokenRecord::new(TokenUid::generate()?, name, new.display_name, now());
+        let record = TokenRecord::new(
+            TokenUid::generate()?,
+            name,
+            new.display_name,
+            self.clock.now(),
+        );
         let replaced = replaces.as_ref().map(|old| record.sibling(old));
         let reason = match &replaced {
             Some(old) => format!("created, replacing {old}"),
@@ -165,7 +175,8 @@ impl Lifecycle {
     }
 
     /// One page of a tenant's tokens, in creation order; with `unused_for`,
-    /// only those not resolved within that long (or never).
+    /// only those unused for that long: created more than `unused_for` ago,
+    /// and not resolved within it (or never).
     pub async fn list(
         &self,
         tenant: TenantId,
@@ -175,7 +186,7 @@ impl Lifecycle {
     ) -> Result<Page<TokenRecord>> {
         let limit = page_limit(page_size)?;
         let after_seq = PageCursor::decode(page_token, "tokens", tenant.as_str())?;
-        let cutoff_us = unused_for.map(micros_ago);
+        let cutoff_us = unused_for.map(|ago| self.clock.micros_ago(ago));
         let rows = self
             .store
             .list(&tenant, after_seq, limit + 1, cutoff_us)
@@ -186,8 +197,9 @@ impl Lifecycle {
         }
         // Resolves not yet flushed count too.
         if let Some(cutoff) = cutoff_us {
-            page.items
-                .retain(|r| r.last_resolve.is_none_or(|t| micros(t) < cutoff));
+            page.items.retain(|r| {
+                micros(r.create_time) < cutoff && r.last_resolve.is_none_or(|t| micros(t) < cutoff)
+            });
         }
         Ok(page)
     }
@@ -296,7 +308,8 @@ impl Lifecycle {
         let actor = actor.clone();
         let (store, cache, usage) = (self.store.clone(), self.cache.clone(), self.usage.clone());
         let count = self.count.clone();
-        let recent_since_us = micros_ago(self.recent_window);
+        let recent_since_us = self.clock.micros_ago(self.recent_window);
+        let clock = self.clock.clone();
         let gate = self.gate.clone();
         detached(async move {
             // Pending counters must be in memory or in the store, not in a
@@ -313,7 +326,7 @@ impl Lifecycle {
                             bindings: &context.bindings,
                             callers: &callers,
                         };
-                        let now_us = micros(std::time::SystemTime::now());
+                        let now_us = clock.now_micros();
                         let blockers = rules::removal_blockers(
                             &current.name,
                             &in_use,

@@ -37,6 +37,7 @@ use crate::{
     audit::{AuditHealth, AuditQueue, JsonlSink},
     crypto::KeyringHandle,
     error::{Error, Result},
+    model::Clock,
     store::SharedStore,
 };
 
@@ -63,7 +64,7 @@ pub struct Accounting {
 }
 
 /// Tunables of the domain.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct TokenSettings {
     /// Persist per-caller usage counters (resolves are accounted in the
     /// audit trail either way; off only to measure what the counters cost).
@@ -74,6 +75,9 @@ pub struct TokenSettings {
     /// Memory for sealed rows kept for the resolve path, in bytes; 0 reads
     /// every resolve from the store.
     pub cache_bytes: usize,
+    /// Where the current time comes from (the system clock; tests move a
+    /// manual one).
+    pub clock: Clock,
 }
 
 /// Default memory for cached sealed rows: room for about 1.6 million
@@ -87,6 +91,7 @@ impl Default for TokenSettings {
             track: true,
             recent_window: Duration::from_secs(24 * 60 * 60),
             cache_bytes: DEFAULT_CACHE_BYTES,
+            clock: Clock::system(),
         }
     }
 }
@@ -129,6 +134,7 @@ impl Domain {
             cache.clone(),
             usage.clone(),
             accounting,
+            settings.clock.clone(),
         )
         .await?;
         let count = store.count().await?;
@@ -140,6 +146,7 @@ impl Domain {
                 usage.clone(),
                 gate.clone(),
                 settings.recent_window,
+                settings.clock,
                 count,
             ),
             resolver,

@@ -15,7 +15,7 @@ use super::{
 use crate::{
     crypto::{Keyring, KeyringHandle},
     error::{Error, Result},
-    model::{SecretValue, TokenName, micros},
+    model::{Clock, SecretValue, TokenName},
     store::{KeyringStore, StoreChange, TokenStore},
 };
 
@@ -35,6 +35,8 @@ pub struct Resolver {
     cache: Arc<SealedCache>,
     usage: Arc<UsageTracker>,
     accounting: Accounting,
+    /// When resolves happen (usage times).
+    clock: Clock,
     /// The store's change generation when last looked at.
     seen_generation: Arc<AtomicI64>,
 }
@@ -49,6 +51,7 @@ impl Resolver {
         cache: Arc<SealedCache>,
         usage: Arc<UsageTracker>,
         accounting: Accounting,
+        clock: Clock,
     ) -> Result<Self> {
         let generation = tokens.change_generation().await?;
         Ok(Self {
@@ -58,6 +61,7 @@ impl Resolver {
             cache,
             usage,
             accounting,
+            clock,
             seen_generation: Arc::new(generation.into()),
         })
     }
@@ -77,7 +81,7 @@ impl Resolver {
         }
         let value = self.open_row(name, caller, require_binding).await?;
         if let Some(sink) = &self.accounting.per_call {
-            sink.write_resolve(name, caller, micros(std::time::SystemTime::now()));
+            sink.write_resolve(name, caller, self.clock.now_micros());
         }
         Ok(value)
     }
@@ -138,12 +142,29 @@ impl Resolver {
         require_binding: bool,
         keyring: Arc<Keyring>,
     ) -> Result<SecretValue> {
+        let now_us = self.clock.now_micros();
         if row.value_ciphertext().len() <= OPEN_ON_EXECUTOR_MAX {
-            return open_for(&row, name, caller, require_binding, &keyring, &self.usage);
+            return open_for(
+                &row,
+                name,
+                caller,
+                require_binding,
+                &keyring,
+                &self.usage,
+                now_us,
+            );
         }
         let (name, caller, usage) = (name.clone(), caller.to_owned(), self.usage.clone());
         tokio::task::spawn_blocking(move || {
-            open_for(&row, &name, &caller, require_binding, &keyring, &usage)
+            open_for(
+                &row,
+                &name,
+                &caller,
+                require_binding,
+                &keyring,
+                &usage,
+                now_us,
+            )
         })
         .await
         .map_err(|e| Error::Internal(format!("open task failed: {e}")))?
@@ -152,7 +173,7 @@ impl Resolver {
     /// Records a resolve refused before any lookup (policy said no).
     pub fn record_denied(&self, name: &TokenName, caller: &str) {
         self.usage
-            .denied_by_name(name, caller, micros(std::time::SystemTime::now()));
+            .denied_by_name(name, caller, self.clock.now_micros());
     }
 
     /// Fills the resolve cache from the store ahead of demand, in batches,
@@ -231,7 +252,7 @@ impl Resolver {
 }
 
 /// Decides whether `caller` gets the value of token `name` (stored as `row`)
-/// and opens it; records the outcome in `usage`.
+/// and opens it; records the outcome in `usage`, at `now_us`.
 fn open_for(
     row: &CachedRow,
     name: &TokenName,
@@ -239,8 +260,8 @@ fn open_for(
     require_binding: bool,
     keyring: &Keyring,
     usage: &UsageTracker,
+    now_us: i64,
 ) -> Result<SecretValue> {
-    let now_us = micros(std::time::SystemTime::now());
     if require_binding && !row.binds(caller) {
         usage.denied(row.uid(), name, caller, now_us);
         return Err(Error::PermissionDenied);

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use super::*;
 use crate::{
     crypto::{Keyring, RootKey},
-    model::{Actor, SecretValue, TenantId, TokenName},
+    model::{Actor, Clock, SecretValue, TenantId, TokenName},
     store::{AuditFilter, AuditLog, KeyringStore, TokenStore, UpdateFn, memory::MemoryStore},
 };
 
@@ -26,6 +26,11 @@ async fn fixture() -> Fixture {
 
 /// A fixture whose audit trail may go `bound` without a write.
 async fn fixture_with(bound: Duration) -> Fixture {
+    fixture_at(bound, Clock::system()).await
+}
+
+/// A fixture whose domain reads the time from `clock`.
+async fn fixture_at(bound: Duration, clock: Clock) -> Fixture {
     let store = Arc::new(MemoryStore::new());
     let root = RootKey::from_encoded(&[7; 32]).expect("root key");
     let (keyring, records) = Keyring::create(&root).expect("keyring");
@@ -41,6 +46,7 @@ async fn fixture_with(bound: Duration) -> Fixture {
     };
     let settings = TokenSettings {
         recent_window: Duration::from_secs(60),
+        clock,
         ..TokenSettings::default()
     };
     let domain = Domain::new(store.clone(), keyring, audit.clone(), accounting, settings)
@@ -139,6 +145,60 @@ async fn usage_pending_and_flushed_add_up_and_a_failed_flush_loses_nothing() {
     f.domain.flusher.flush().await.expect("flush");
     let stored = f.store.get(&name("t")).await.expect("get").expect("row");
     assert_eq!(stored.resolve_count, 3, "exactly the resolves made");
+}
+
+#[tokio::test]
+async fn unused_for_n_days_means_created_and_not_resolved_within_them() {
+    const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+    let clock = Clock::manual(crate::model::now());
+    let f = fixture_at(Duration::from_secs(600), clock.clone()).await;
+    let unused_for = |days: u32| {
+        let lifecycle = f.domain.lifecycle.clone();
+        async move {
+            let tenant = TenantId::new("acme", "t").expect("tenant");
+            let page = lifecycle
+                .list(tenant, 0, "", Some(DAY * days))
+                .await
+                .expect("list");
+            page.items
+                .iter()
+                .map(|r| r.name.token_id.as_str().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    f.create("fresh", "sk-fresh", "").await;
+    assert!(
+        unused_for(30).await.is_empty(),
+        "a token created a moment ago is not unused for 30 days"
+    );
+    clock.advance(DAY * 30);
+    assert!(
+        unused_for(30).await.is_empty(),
+        "created exactly 30 days ago: not more than 30 days"
+    );
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        unused_for(30).await,
+        ["fresh"],
+        "30 days and a second, never resolved"
+    );
+    assert!(unused_for(31).await.is_empty(), "not yet 31 days old");
+
+    f.resolve("fresh").await.expect("resolve");
+    assert!(
+        unused_for(30).await.is_empty(),
+        "resolved now (pending counters)"
+    );
+    f.domain.flusher.flush().await.expect("flush");
+    assert!(
+        unused_for(30).await.is_empty(),
+        "resolved now (flushed to the store)"
+    );
+    clock.advance(DAY * 29);
+    assert!(unused_for(30).await.is_empty(), "resolved 29 days ago");
+    assert_eq!(unused_for(28).await, ["fresh"], "resolved 29 days ago");
+    clock.advance(DAY * 2);
+    assert_eq!(unused_for(30).await, ["fresh"], "resolved 31 days ago");
 }
 
 #[tokio::test]

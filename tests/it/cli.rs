@@ -632,6 +632,20 @@ async fn cli_usage_bindings_kill_switch_and_replacement() {
             && err.contains("--force"),
         "{err}"
     );
+    // The reason once: a headline, the blockers, one thing to do.
+    assert!(
+        err.starts_with(
+            "aitokens: error: FailedPrecondition (TOKEN_IN_USE): the token is still in use\n"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.ends_with(
+            "  what to do: move its users to another token and delete its bindings, or add --force\n"
+        ),
+        "{err}"
+    );
+    assert_eq!(err.matches("in use").count(), 1, "{err}");
     ok(&step(
         &["unbind", "--tenant", "acme", "old", "--id", "support-bot"],
         b"",
@@ -665,9 +679,200 @@ async fn cli_usage_bindings_kill_switch_and_replacement() {
         status.contains("tenants/acme/tokens/new") && status.contains("ready_to_remove"),
         "{status}"
     );
+    // Every value starts in one column, past the longest key shown, with
+    // or without the long `last_superseded` line (which a resolve of the
+    // replaced token adds).
+    let value_column = |line: &str| {
+        let key_end = line.find(' ').expect("key and value");
+        key_end + line[key_end..].find(|c: char| c != ' ').expect("a value")
+    };
+    let columns: Vec<usize> = status.lines().map(value_column).collect();
+    assert!(columns.len() >= 4, "{status}");
+    assert!(
+        columns.windows(2).all(|w| w[0] == w[1]),
+        "misaligned:\n{status}"
+    );
+    ok(&step(&["resolve", "--tenant", "acme", "old"], b"").await);
+    let status = ok(&step(&["replacement", "--tenant", "acme", "old"], b"").await);
+    assert!(status.contains("last_superseded  "), "{status}");
+    let columns: Vec<usize> = status.lines().map(value_column).collect();
+    assert!(
+        columns.windows(2).all(|w| w[0] == w[1]),
+        "misaligned:\n{status}"
+    );
     let got = ok(&step(&["get", "--tenant", "acme", "old"], b"").await);
     assert!(
         got.contains("replaced_by") && got.contains("resolve_count"),
         "{got}"
     );
+}
+
+/// A value typed as an argument is refused before anything is sent, with
+/// where values come from and a warning that it is now exposed, and the
+/// refusal never repeats it.
+#[tokio::test]
+async fn a_value_typed_as_an_argument_is_refused_without_repeating_it() {
+    let (_server, profile) = server_with_profile().await;
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let cwd = cwd.path();
+    let value = "sk-typed-in-argv-canary-7c3f";
+    for args in [
+        vec!["create", "--tenant", "acme", "new-key", value],
+        vec!["create", "new-key", value, "--tenant", "acme", "-o", "json"],
+    ] {
+        let out = run(token(cwd, &profile, &args), b"").await;
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+        for piece in [
+            "`token create` takes one argument, the token id, but more was typed after it",
+            "Values are never taken from the command line; they come from standard input",
+            "from --value-file FILE, or from a prompt that does not echo",
+            "Nothing was sent to the server",
+            "is now in your shell's history",
+            "consider that value exposed",
+        ] {
+            assert!(stderr.contains(piece), "no {piece:?} in {stderr}");
+        }
+        assert!(!stderr.contains(value) && !stdout.contains(value));
+    }
+    // Nothing was created.
+    let out = run(token(cwd, &profile, &["list", "--tenant", "acme"]), b"").await;
+    assert_eq!(text(&out.stdout), "no tokens in tenants/acme\n");
+}
+
+/// A bad `--tenant` is reported as the flag the user typed, with the rule,
+/// not as a request field (`parent`, `name`) the user never saw.
+#[tokio::test]
+async fn a_bad_tenant_is_reported_as_the_flag_typed() {
+    let (_server, profile) = server_with_profile().await;
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let cwd = cwd.path();
+    for args in [
+        &["list", "--tenant", "ACME"][..],
+        &["get", "--tenant", "ACME", "openai"],
+        &["remove", "--tenant", "ACME", "openai"],
+        &["create", "--tenant", "ACME", "openai"],
+    ] {
+        let (code, err) = fails(token(cwd, &profile, args), b"sk-never-read\n").await;
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(
+            err,
+            "aitokens: error: --tenant ACME: a tenant id must match [a-z][a-z0-9-]{0,62} \
+             (a lowercase letter, then lowercase letters, digits or '-'; at most 63 \
+             characters)\n  what to do: see `aitokens token --help`\n",
+            "{args:?}"
+        );
+    }
+}
+
+/// `token list --unused-for-days N` lists a token only once it was created
+/// more than N days ago: not one created a moment ago. (Days passing are
+/// tested with a clock the test moves, in the domain's unit tests.)
+#[tokio::test]
+async fn unused_for_days_does_not_list_a_token_created_a_moment_ago() {
+    let (_server, profile) = server_with_profile().await;
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let cwd = cwd.path();
+    let out = run(
+        token(cwd, &profile, &["create", "--tenant", "acme", "fresh"]),
+        b"sk-fresh\n",
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let unused = |days: &'static str| {
+        let command = token(
+            cwd,
+            &profile,
+            &[
+                "list",
+                "--tenant",
+                "acme",
+                "--unused-for-days",
+                days,
+                "-o",
+                "json",
+            ],
+        );
+        async move {
+            let out = run(command, b"").await;
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            let listed: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            listed["tokens"]
+                .as_array()
+                .expect("tokens")
+                .iter()
+                .map(|t| t["token_id"].as_str().expect("id").to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(unused("30").await.is_empty(), "created seconds ago");
+    assert!(unused("1").await.is_empty(), "created seconds ago");
+    // Control: unused for 0 days is every token not resolved since now.
+    assert_eq!(unused("0").await, ["fresh"]);
+}
+
+/// `token --help` documents the profile file: every key, in an example
+/// that loads as a profile.
+#[test]
+fn token_help_documents_the_profile_with_an_example_that_loads() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let out = aitokens(cwd.path(), &["token", "--help"])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    let start = help
+        .find("\n    admin_addr = ")
+        .expect("an example profile")
+        + 1;
+    let example: String = help[start..]
+        .lines()
+        .take_while(|line| line.is_empty() || line.starts_with("    "))
+        .map(|line| format!("{}\n", line.trim_start()))
+        .collect();
+    let path = cwd.path().join("example.toml");
+    std::fs::write(&path, &example).expect("write");
+    let profile = Profile::load(&path).unwrap_or_else(|e| panic!("{e}\n{example}"));
+    let dir = cwd.path();
+    let expected = Profile {
+        admin_addr: Some("127.0.0.1:50051".into()),
+        internal_addr: Some("127.0.0.1:50052".into()),
+        ca: Some(dir.join("ca.pem")),
+        server_name: Some("localhost".into()),
+        admin: Some(aitokens::cli::ClientIdentity {
+            cert: dir.join("admin.pem"),
+            key: dir.join("admin.key"),
+        }),
+        resolver: Some(aitokens::cli::ClientIdentity {
+            cert: dir.join("agent.pem"),
+            key: dir.join("agent.key"),
+        }),
+    };
+    assert_eq!(profile, expected, "every key is in the example:\n{example}");
+}
+
+/// `token create --help` shows its own flags first, the connection flags
+/// under their own heading, and the global options once, briefly.
+#[test]
+fn token_create_help_puts_its_own_flags_first() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    for flag in ["-h", "--help"] {
+        let out = aitokens(cwd.path(), &["token", "create", flag])
+            .output()
+            .expect("run");
+        assert!(out.status.success());
+        let help = text(&out.stdout);
+        let at = |piece: &str| {
+            help.find(piece)
+                .unwrap_or_else(|| panic!("{flag}: no {piece:?} in\n{help}"))
+        };
+        assert!(at("--display-name") < at("Connection options:"), "{help}");
+        assert!(at("--value-file") < at("Connection options:"), "{help}");
+        assert!(at("Connection options:") < at("--admin-addr"), "{help}");
+        assert!(at("--timeout") < at("Global options:"), "{help}");
+        assert!(at("Global options:") < at("--log-format"), "{help}");
+        assert_eq!(help.matches("--log-format").count(), 1, "{help}");
+        assert_eq!(help.matches("level from RUST_LOG").count(), 1, "{help}");
+    }
 }

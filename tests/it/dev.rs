@@ -69,13 +69,18 @@ fn assert_about_30_days(dir: &Path) -> i64 {
 }
 
 /// Runs `aitokens dev` expecting it to exit by itself; one that is still
-/// running after 30 s (it served instead of refusing) is killed.
+/// running after 30 s (it served instead of refusing) is killed. The
+/// metrics port is 0 unless `addrs` names one.
 fn run_dev(dir: &Path, addrs: &[&str]) -> std::process::Output {
+    let metrics: &[&str] = match addrs.contains(&"--metrics-port") {
+        true => &[],
+        false => &["--metrics-port", "0"],
+    };
     let mut child = aitokens()
         .args(["dev", "--dir"])
         .arg(dir)
         .args(addrs)
-        .args(["--metrics-port", "0"])
+        .args(metrics)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -166,6 +171,65 @@ fn insecure_allow_remote_starts_with_a_loud_warning() {
         ),
         "{stderr}"
     );
+}
+
+/// A second `aitokens dev` (or anything else on its ports) is refused
+/// before the data folder is created, naming the flag that moves the port
+/// and the likely culprit.
+#[test]
+fn a_taken_port_names_its_flag_and_creates_nothing() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let parent = tempfile::tempdir().expect("tempdir");
+    let dir = parent.path().join("dev");
+    let dir_shown = dir.display();
+    let cases = [
+        (
+            vec!["--metrics-port".to_owned(), port.to_string()],
+            format!(
+                "aitokens: error: --metrics-port {port}: 127.0.0.1:{port} is already in use, \
+                 probably by another `aitokens dev` or by Prometheus (which also defaults to \
+                 9090). Stop that program, or choose another port with --metrics-port \
+                 (--metrics-port 0 picks a free one). Nothing was started; {dir_shown} was \
+                 not created.\n"
+            ),
+        ),
+        (
+            vec!["--admin-addr".to_owned(), format!("127.0.0.1:{port}")],
+            format!(
+                "aitokens: error: --admin-addr 127.0.0.1:{port}: 127.0.0.1:{port} is already \
+                 in use, probably by another `aitokens dev` or `aitokens serve`. Stop that \
+                 program, or choose another port with --admin-addr (--admin-addr 127.0.0.1:0 \
+                 picks a free one). Nothing was started; {dir_shown} was not created.\n"
+            ),
+        ),
+        (
+            vec!["--internal-addr".to_owned(), format!("127.0.0.1:{port}")],
+            format!(
+                "aitokens: error: --internal-addr 127.0.0.1:{port}: 127.0.0.1:{port} is already \
+                 in use, probably by another `aitokens dev` or `aitokens serve`. Stop that \
+                 program, or choose another port with --internal-addr (--internal-addr \
+                 127.0.0.1:0 picks a free one). Nothing was started; {dir_shown} was not \
+                 created.\n"
+            ),
+        ),
+    ];
+    for (taken_flag, expected) in cases {
+        // Every other port free.
+        let mut args: Vec<&str> = taken_flag.iter().map(String::as_str).collect();
+        for flag in ["--admin-addr", "--internal-addr"] {
+            if !args.contains(&flag) {
+                args.extend([flag, "127.0.0.1:0"]);
+            }
+        }
+        let out = run_dev(&dir, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.ends_with(&expected), "{stderr}");
+        assert!(out.stdout.is_empty());
+        assert!(!dir.exists(), "the refused run created {}", dir.display());
+    }
+    drop(taken);
 }
 
 async fn resolver(dir: &Path, dev: &binary::Dev) -> TokenResolverClient<Channel> {

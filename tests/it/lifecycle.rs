@@ -157,8 +157,13 @@ async fn usage_per_caller_is_exact_and_survives_a_restart() {
     assert!(globex[0].last_denied_time.is_some());
 }
 
+/// Unused for a duration: created more than that long ago, and not
+/// resolved within it. A real server keeps real time, so the window is
+/// seconds: `idle` is older than it and never resolved; `used` is as old
+/// but resolved just now; `fresh` was created just now.
 #[tokio::test]
-async fn unused_for_lists_tokens_not_resolved_recently() {
+async fn unused_for_lists_tokens_created_before_it_and_not_resolved_within_it() {
+    const WINDOW_SECS: i64 = 3;
     let server = TestServer::start().await;
     let mut admin = server.admin().await;
     let mut resolver = server.resolver().await;
@@ -168,6 +173,11 @@ async fn unused_for_lists_tokens_not_resolved_recently() {
             .await
             .expect("create");
     }
+    tokio::time::sleep(Duration::from_secs(WINDOW_SECS as u64 + 2)).await;
+    admin
+        .create_token(create_request("acme", "fresh", "v"))
+        .await
+        .expect("create");
     resolve(&mut resolver, "tenants/acme/tokens/used")
         .await
         .expect("resolve");
@@ -175,7 +185,7 @@ async fn unused_for_lists_tokens_not_resolved_recently() {
         .list_tokens(ListTokensRequest {
             parent: "tenants/acme".into(),
             unused_for: Some(prost_types::Duration {
-                seconds: 3600,
+                seconds: WINDOW_SECS,
                 nanos: 0,
             }),
             ..Default::default()

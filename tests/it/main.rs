@@ -43,5 +43,6 @@ mod slowloris;
 mod soak;
 mod store;
 mod tamper;
+mod toolchain;
 mod trail;
 mod validation;

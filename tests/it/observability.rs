@@ -177,3 +177,56 @@ async fn metrics_count_calls_codes_denials_and_tokens_and_logs_carry_request_ids
     let generated = request_id(denied_line).expect("a generated request id");
     assert_eq!(generated.len(), 16, "{denied_line}");
 }
+
+/// Colour escapes are for a person at a terminal: a server whose stderr is
+/// a pipe (or a file, or a log collector) writes plain text.
+#[tokio::test]
+async fn logs_to_a_pipe_carry_no_colour_escapes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev = binary::start_dev(dir.path());
+    let logs = binary::stop(dev).await;
+    assert!(logs.contains(" INFO "), "the server logged: {logs}");
+    assert!(
+        !logs.contains("\x1b["),
+        "escape codes in piped logs:\n{logs:?}"
+    );
+}
+
+/// On a terminal (a pseudo-terminal from `script`) the text logs are in
+/// colour, unless NO_COLOR is set (https://no-color.org).
+#[test]
+fn logs_on_a_terminal_are_coloured_unless_no_color() {
+    let script = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("script"))
+        .find(|path| path.is_file())
+        .expect("script is not on PATH: apt-get install bsdutils (.ci/run installs it)");
+    // A command that logs at INFO (the process hardening) and exits.
+    let command = format!(
+        "{} audit verify --db /nonexistent/aitokens.db --key-file /nonexistent/root.key",
+        env!("CARGO_BIN_EXE_aitokens")
+    );
+    let on_terminal = |no_color: Option<&str>| {
+        let mut run = std::process::Command::new(&script);
+        run.args(["-qec", &command, "/dev/null"])
+            .env("RUST_LOG", "info")
+            .env_remove("NO_COLOR")
+            .env_remove("AITOKENS_LOG_FORMAT")
+            .stdin(std::process::Stdio::null());
+        if let Some(value) = no_color {
+            run.env("NO_COLOR", value);
+        }
+        let out = run.output().expect("run script");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("process hardened"), "{text}");
+        text
+    };
+    assert!(
+        on_terminal(None).contains("\x1b["),
+        "no colour on a terminal"
+    );
+    let plain = on_terminal(Some("1"));
+    assert!(
+        !plain.contains("\x1b["),
+        "colour despite NO_COLOR:\n{plain:?}"
+    );
+}

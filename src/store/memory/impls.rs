@@ -43,7 +43,11 @@ impl TokenStore for MemoryStore {
             .range(after_seq.saturating_add(1)..)
             .map(|(_, row)| row)
             .filter(|row| row.record.name.tenant == *tenant)
-            .filter(|row| unused_since_us.is_none_or(|since| !used_since(row.record.uid, since)))
+            .filter(|row| {
+                unused_since_us.is_none_or(|since| {
+                    micros(row.record.create_time) < since && !used_since(row.record.uid, since)
+                })
+            })
             .take(limit)
             .map(|row| state.record(row))
             .collect())

@@ -90,8 +90,8 @@ pub(super) async fn list(
 ) -> Result<Vec<TokenRecord>> {
     let sql = format!(
         "{SELECT} WHERE t.tenant = $1 AND t.seq > $2
-           AND ($4::BIGINT IS NULL OR NOT EXISTS (
-                SELECT 1 FROM token_usage u WHERE u.token_uid = t.uid AND u.last_resolve_us >= $4))
+           AND ($4::BIGINT IS NULL OR (t.create_us < $4 AND NOT EXISTS (
+                SELECT 1 FROM token_usage u WHERE u.token_uid = t.uid AND u.last_resolve_us >= $4)))
          ORDER BY t.seq LIMIT $3"
     );
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);

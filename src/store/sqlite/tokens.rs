@@ -102,8 +102,8 @@ pub(super) fn list(
 ) -> Result<Vec<TokenRecord>> {
     let sql = format!(
         "{SELECT} WHERE t.tenant = ?1 AND t.seq > ?2
-           AND (?4 IS NULL OR NOT EXISTS (
-                SELECT 1 FROM token_usage u WHERE u.token_uid = t.uid AND u.last_resolve_us >= ?4))
+           AND (?4 IS NULL OR (t.create_us < ?4 AND NOT EXISTS (
+                SELECT 1 FROM token_usage u WHERE u.token_uid = t.uid AND u.last_resolve_us >= ?4)))
          ORDER BY t.seq LIMIT ?3"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
