@@ -222,7 +222,29 @@ async function flows(browser) {
   check((await text(page, "article.card[data-token-id=anthropic-new] .display-name")) === markup, "markup as text");
   check((await page.locator("main img").count()) === 0, "no img element");
 
-  step("the cards page");
+  step("the cards page: a replaced pair and a disabled token made with the CLI appear as cards");
+  for (const [id, name, extra] of [
+    ["mcp-github-v1", "GitHub MCP", []],
+    ["mcp-github-v2", "GitHub MCP (rotated)", ["--replaces", "mcp-github-v1"]],
+    ["slack-bot", "Slack bot", []],
+  ]) {
+    const created = spawnSync(
+      bin,
+      ["token", "--profile", profile, "create", "--tenant", tenant, id, "--display-name", name, ...extra],
+      { input: values[3], encoding: "utf8" },
+    );
+    check(created.status === 0, `create ${id}: ${created.stderr}`);
+  }
+  cli(["disable", "--tenant", tenant, "slack-bot"]);
+  await page.goto(`${origin}/tenants/${tenant}/tokens`);
+  check((await text(page, "article.card[data-token-id=slack-bot] .badge.disabled")) === "Disabled", "badge");
+  check((await text(page, "article.card[data-token-id=mcp-github-v1]")).includes("Replaced by"), "replaced by");
+  check((await text(page, "article.card[data-token-id=mcp-github-v2]")).includes("Replaces"), "replaces");
+  await page.fill("#q", "github");
+  await page.press("#q", "Enter");
+  await page.waitForURL(/\?q=github$/);
+  check((await page.locator("article.card").count()) === 2, "search by id or name");
+  await page.goto(`${origin}/tenants/${tenant}/tokens`);
   await shot(page, "cards");
 
   step("the audit trail with a filter");
