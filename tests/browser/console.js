@@ -290,6 +290,7 @@ async function withoutJavaScript(browser, cookies) {
 
 (async () => {
   fs.mkdirSync(shots, { recursive: true });
+  fs.rmSync(path.join(shots, "failure.png"), { force: true });
   const browser = await chromium.launch({
     executablePath: chromiumPath(),
     headless: true,

@@ -285,6 +285,7 @@ async fn console_refuses_requests_without_login_csrf_or_own_origin() {
     assert_eq!(reply.headers["cache-control"], "no-store");
     assert_eq!(reply.headers["x-content-type-options"], "nosniff");
     assert_eq!(reply.headers["referrer-policy"], "same-origin");
+    assert_eq!(reply.headers["x-frame-options"], "DENY");
     let reply = http(
         addr,
         "POST",
@@ -308,8 +309,15 @@ async fn console_refuses_requests_without_login_csrf_or_own_origin() {
     let reply = http(addr, "GET", "/login", &[], "").await;
     assert_refused(&reply, 401, "the login URL has no code", "no code");
     let reply = http(addr, "GET", "/login?code=0123abcd", &[], "").await;
-    assert_refused(&reply, 401, "unknown or was used already", "a wrong code");
+    assert_refused(
+        &reply,
+        401,
+        "unknown, expired or was used already",
+        "a wrong code",
+    );
     let (cookie, csrf) = log_in(&console).await;
+    let reply = http(addr, "GET", "/login?code=x", &[], "").await;
+    assert_eq!(reply.headers["referrer-policy"], "no-referrer");
     let reply = http(
         addr,
         "GET",
@@ -318,7 +326,12 @@ async fn console_refuses_requests_without_login_csrf_or_own_origin() {
         "",
     )
     .await;
-    assert_refused(&reply, 401, "unknown or was used already", "a reused code");
+    assert_refused(
+        &reply,
+        401,
+        "unknown, expired or was used already",
+        "a reused code",
+    );
     assert!(reply.headers.get("set-cookie").is_none());
 
     // Another Host (DNS rebinding) is refused even with the session.
@@ -336,6 +349,16 @@ async fn console_refuses_requests_without_login_csrf_or_own_origin() {
         "Host header does not name this console",
         "Host",
     );
+    let localhost = format!("localhost:{}", addr.port());
+    let reply = http(
+        addr,
+        "GET",
+        "/",
+        &[("host", &localhost), ("cookie", &cookie)],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "localhost:PORT is this console too");
 
     // Posts: CSRF token and origin.
     let cases: [RefusedPost<'_>; 5] = [

@@ -65,8 +65,8 @@ pub struct Console {
     /// The admin listener's address (for error hints).
     admin_addr: String,
     sessions: Sessions,
-    /// `127.0.0.1:PORT`: the only `Host` accepted.
-    host: String,
+    /// `127.0.0.1:PORT` and `localhost:PORT`: the only `Host`s accepted.
+    hosts: [String; 2],
     /// `http://127.0.0.1:PORT`: the only `Origin` accepted on a post.
     origin: String,
 }
@@ -96,7 +96,7 @@ async fn serve(args: ConsoleArgs) -> Result<(), CliError> {
         admin: TokenAdminClient::new(channel),
         admin_addr: target.addr.clone(),
         sessions,
-        host: local.to_string(),
+        hosts: [local.to_string(), format!("localhost:{}", local.port())],
         origin: format!("http://{local}"),
     });
     println!("aitokens console for the admin listener at {}", target.addr);
@@ -177,7 +177,7 @@ pub enum Refusal {
     CsrfWrong,
     /// A login URL without a code.
     LoginCodeMissing,
-    /// A login code that is not the printed one, or was used already.
+    /// A login code that is not the printed one, expired, or was used already.
     LoginCodeStale,
     /// A method the console does not serve.
     Method,
@@ -210,8 +210,8 @@ impl Refusal {
             Self::CsrfWrong => "the form's CSRF token is not this session's: reload the page",
             Self::LoginCodeMissing => "the login URL has no code",
             Self::LoginCodeStale => {
-                "the login code is unknown or was used already: it works once; restart \
-                 `aitokens console` for a new one"
+                "the login code is unknown, expired or was used already: it works once, \
+                 within 10 minutes; restart `aitokens console` for a new one"
             }
             Self::Method => "method not allowed",
             Self::BadForm => "the form could not be read",
@@ -229,7 +229,7 @@ impl IntoResponse for Refusal {
 async fn guard(State(console): State<Shared>, mut request: Request, next: Next) -> Response {
     let headers = request.headers();
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    if host != Some(console.host.as_str()) {
+    if !host.is_some_and(|host| console.hosts.iter().any(|ours| ours == host)) {
         return Refusal::WrongHost.into_response();
     }
     let path = request.uri().path();
@@ -275,15 +275,22 @@ fn same_origin(headers: &HeaderMap, origin: &str) -> Result<(), Refusal> {
 
 /// The headers every response carries.
 async fn hygiene(request: Request, next: Next) -> Response {
+    // The login URL carries the code: nothing is ever sent a referrer from
+    // it (on success it is only a redirect, never a page). Elsewhere not
+    // `no-referrer`: under it browsers send `Origin: null` on form posts, and
+    // the origin check could not tell the console's own forms from a
+    // sandboxed frame's; `same-origin` sends no referrer to any other site.
+    let referrer = if request.uri().path() == "/login" {
+        "no-referrer"
+    } else {
+        "same-origin"
+    };
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     for (name, value) in [
         (header::CONTENT_SECURITY_POLICY, CSP),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        // Not `no-referrer`: under it browsers send `Origin: null` on form
-        // posts, and the origin check could not tell the console's own forms
-        // from a sandboxed frame's. `same-origin` sends no referrer elsewhere.
-        (header::REFERRER_POLICY, "same-origin"),
+        (header::REFERRER_POLICY, referrer),
         (header::CACHE_CONTROL, "no-store"),
         (header::X_FRAME_OPTIONS, "DENY"),
         (

@@ -485,7 +485,7 @@ pub fn new_form(page: &Page<'_>, draft: &Draft, failure: Option<&Failure>) -> Ht
             input #display_name name="display_name" value=(draft.display_name) maxlength="256"
                 aria-invalid=(wrong("display_name"));
             label for="value" { "Token Value" }
-            input #value type="password" name="value" required autocomplete="new-password"
+            input #value type="password" name="value" required autocomplete="off"
                 aria-invalid=(wrong("value")) aria-describedby="value_help";
             small #value_help { "Sent once to the server; never shown again, here or anywhere." }
             label for="replaces" { "Replaces (optional)" }

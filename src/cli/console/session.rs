@@ -17,6 +17,9 @@ pub const COOKIE: &str = "aitokens_console";
 /// which means restarting the console: the code is single-use).
 pub const IDLE_EXPIRY: Duration = Duration::from_secs(30 * 60);
 
+/// The login code works this long after the console starts.
+pub const LOGIN_CODE_TTL: Duration = Duration::from_secs(10 * 60);
+
 /// Tenants remembered per session for the tenant picker.
 const MAX_RECENT_TENANTS: usize = 10;
 
@@ -24,6 +27,8 @@ const MAX_RECENT_TENANTS: usize = 10;
 pub struct Sessions {
     /// The code printed at start; `None` once it has been exchanged.
     code: Mutex<Option<String>>,
+    /// When the code was made.
+    issued: Instant,
     open: Mutex<HashMap<String, Session>>,
 }
 
@@ -42,7 +47,7 @@ pub struct Session {
 pub enum LoginRefusal {
     /// The URL had no `code`.
     Missing,
-    /// The code is not the printed one, or it was used already.
+    /// The code is not the printed one, expired, or was used already.
     Stale,
 }
 
@@ -52,18 +57,22 @@ impl Sessions {
         let code = random_hex();
         let sessions = Self {
             code: Mutex::new(Some(code.clone())),
+            issued: Instant::now(),
             open: Mutex::new(HashMap::new()),
         };
         (sessions, code)
     }
 
     /// Exchanges the login code for a new session: returns the session id.
-    /// The code works once.
+    /// The code works once, within [`LOGIN_CODE_TTL`].
     pub fn login(&self, given: Option<&str>) -> Result<String, LoginRefusal> {
         let given = given
             .filter(|c| !c.is_empty())
             .ok_or(LoginRefusal::Missing)?;
         let mut code = lock(&self.code);
+        if self.issued.elapsed() > LOGIN_CODE_TTL {
+            *code = None;
+        }
         let matches = code
             .as_deref()
             .is_some_and(|code| bool::from(code.as_bytes().ct_eq(given.as_bytes())));
@@ -161,6 +170,15 @@ mod tests {
         assert!(session.csrf_matches(&session.csrf.clone()));
         assert!(!session.csrf_matches(""));
         assert!(sessions.find(Some("aitokens_console=forged")).is_none());
+    }
+
+    #[test]
+    fn the_login_code_expires() {
+        let (mut sessions, code) = Sessions::new();
+        sessions.issued = Instant::now()
+            .checked_sub(LOGIN_CODE_TTL + Duration::from_secs(1))
+            .expect("an instant 10 minutes ago");
+        assert_eq!(sessions.login(Some(&code)), Err(LoginRefusal::Stale));
     }
 
     #[test]
