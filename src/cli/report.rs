@@ -73,7 +73,7 @@ impl Report {
             exit,
         };
         match error {
-            CliError::Usage(message) => plain(message, "see `aitokens token --help`", 2),
+            CliError::Usage(message) => plain(message, "see `aitokens COMMAND --help`", 2),
             CliError::Local(message) => plain(message, "check the path and its permissions", 3),
             CliError::Connect { addr, detail } => plain(
                 &format!("cannot connect to {addr}: {detail}"),

@@ -125,14 +125,13 @@ impl Session {
 
 /// The `Set-Cookie` value for a new session: not readable by scripts, never
 /// sent with a request another site starts, gone when the browser closes.
+/// No Max-Age: the idle expiry is the server's ([`IDLE_EXPIRY`], renewed by
+/// every request), which a fixed cookie lifetime would cut short.
 pub fn set_cookie(id: &str) -> String {
     Cookie::build((COOKIE, id.to_owned()))
         .path("/")
         .http_only(true)
         .same_site(SameSite::Strict)
-        .max_age(cookie::time::Duration::seconds(
-            i64::try_from(IDLE_EXPIRY.as_secs()).unwrap_or(i64::MAX),
-        ))
         .build()
         .to_string()
 }
@@ -186,6 +185,6 @@ mod tests {
         let header = set_cookie("abc");
         assert!(header.contains("HttpOnly"), "{header}");
         assert!(header.contains("SameSite=Strict"), "{header}");
-        assert!(header.contains("Max-Age=1800"), "{header}");
+        assert!(!header.contains("Max-Age"), "{header}");
     }
 }
