@@ -135,6 +135,14 @@ async function flows(browser) {
   check((await page.inputValue("#value")) === "", "value field emptied");
   check((await page.inputValue("#token_id")) === "openai-prod", "token id kept");
 
+  step("a wrong field is named and marked, and the value field is emptied");
+  await page.goto(`${origin}/tenants/${tenant}/new?replaces=no-such-token`);
+  await addToken(page, "openai-typo", "Typo", v4, true);
+  check((await text(page, ".error .fields")).includes("replaces"), "the field is named");
+  check((await page.getAttribute("#replaces", "aria-invalid")) === "true", "the field is marked");
+  check((await text(page, ".error")).includes("correct the field named above"), "what to do");
+  check((await page.inputValue("#value")) === "", "value field emptied");
+
   step("rename it");
   await page.goto(`${origin}/tenants/${tenant}/tokens/openai-prod`);
   await page.fill("#token_id", "openai-main");

@@ -493,7 +493,7 @@ async fn console_in_a_real_browser() {
     );
     let steps = results["steps"].as_array().expect("steps");
     // Every flow of tests/browser/console.js ran (it stops at the first failure).
-    assert_eq!(steps.len(), 19, "steps: {steps:?}");
+    assert_eq!(steps.len(), 20, "steps: {steps:?}");
     assert!(results["responses"].as_u64().expect("responses") > 50);
     assert_eq!(
         results["value_hits"],
