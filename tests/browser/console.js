@@ -168,11 +168,17 @@ async function flows(browser) {
   check(caller.length > 0, "caller listed");
   results.caller = caller;
 
-  step("try to remove it and see the blocker");
+  step("a binding made with the CLI is listed");
+  cli(["bind", "--tenant", tenant, "openai-main", "--id", "billing", "--purpose", "monthly invoices"]);
+  await page.reload();
+  check((await text(page, "#bindings + ul")).includes("billing"), "binding listed");
+
+  step("try to remove it and see the blockers");
   await page.click("a.button.danger:has-text('Remove')");
   await page.waitForURL(/\/remove$/);
   const blockers = await text(page, "ul.blockers");
   check(blockers.includes("RECENT_CALLER") && blockers.includes(caller), `blockers: ${blockers}`);
+  check(blockers.includes("BINDING") && blockers.includes("monthly invoices"), `blockers: ${blockers}`);
   check(await page.locator("button:has-text('Remove anyway')").isDisabled(), "remove anyway disabled until the id is typed");
   await page.click("text=Cancel");
 
