@@ -361,7 +361,8 @@ async fn console_refuses_requests_without_login_csrf_or_own_origin() {
     assert_eq!(reply.status, 200, "localhost:PORT is this console too");
 
     // Posts: CSRF token and origin.
-    let cases: [RefusedPost<'_>; 5] = [
+    let other_port = format!("http://127.0.0.1:{}", addr.port().wrapping_add(1).max(1));
+    let cases: [RefusedPost<'_>; 7] = [
         (
             "no CSRF token",
             vec![("cookie", &cookie), ("origin", &origin)],
@@ -391,6 +392,20 @@ async fn console_refuses_requests_without_login_csrf_or_own_origin() {
             "started by another site",
         ),
         (
+            "an Origin on another port of this machine (same site, not same origin)",
+            vec![("cookie", &cookie), ("origin", &other_port)],
+            form("other-port", &csrf),
+            403,
+            "the request comes from another origin",
+        ),
+        (
+            "a same-site Sec-Fetch-Site (another port)",
+            vec![("cookie", &cookie), ("sec-fetch-site", "same-site")],
+            form("same-site", &csrf),
+            403,
+            "started by another site",
+        ),
+        (
             "a null Origin (sandboxed frame)",
             vec![("cookie", &cookie), ("origin", "null")],
             form("null-origin", &csrf),
@@ -409,6 +424,8 @@ async fn console_refuses_requests_without_login_csrf_or_own_origin() {
         "wrong-csrf",
         "foreign-origin",
         "cross-site",
+        "other-port",
+        "same-site",
         "null-origin",
     ] {
         assert!(
@@ -436,6 +453,22 @@ async fn console_refuses_requests_without_login_csrf_or_own_origin() {
         "/tenants/acme/tokens/accepted?done=created"
     );
     assert!(token_exists(dir.path(), dev.dev(), "accepted").await);
+    // And from the same page opened as http://localhost:PORT.
+    let reply = http(
+        addr,
+        "POST",
+        "/tenants/acme/new",
+        &[
+            ("host", &localhost),
+            ("cookie", &cookie),
+            ("origin", &format!("http://{localhost}")),
+            ("sec-fetch-site", "same-origin"),
+        ],
+        &form("via-localhost", &csrf),
+    )
+    .await;
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    assert!(token_exists(dir.path(), dev.dev(), "via-localhost").await);
 
     let printed = console.stop();
     let logs = dev.stop().await;

@@ -65,10 +65,9 @@ pub struct Console {
     /// The admin listener's address (for error hints).
     admin_addr: String,
     sessions: Sessions,
-    /// `127.0.0.1:PORT` and `localhost:PORT`: the only `Host`s accepted.
+    /// `127.0.0.1:PORT` and `localhost:PORT`: the only `Host`s accepted
+    /// (and, after `http://`, the only `Origin` of a post to that host).
     hosts: [String; 2],
-    /// `http://127.0.0.1:PORT`: the only `Origin` accepted on a post.
-    origin: String,
 }
 
 type Shared = Arc<Console>;
@@ -97,7 +96,6 @@ async fn serve(args: ConsoleArgs) -> Result<(), CliError> {
         admin_addr: target.addr.clone(),
         sessions,
         hosts: [local.to_string(), format!("localhost:{}", local.port())],
-        origin: format!("http://{local}"),
     });
     println!("aitokens console for the admin listener at {}", target.addr);
     println!("console  http://{local}/");
@@ -229,9 +227,11 @@ impl IntoResponse for Refusal {
 async fn guard(State(console): State<Shared>, mut request: Request, next: Next) -> Response {
     let headers = request.headers();
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    if !host.is_some_and(|host| console.hosts.iter().any(|ours| ours == host)) {
+    let Some(host) = host.filter(|host| console.hosts.iter().any(|ours| ours == host)) else {
         return Refusal::WrongHost.into_response();
-    }
+    };
+    // A page served as http://HOST posts with that origin.
+    let origin = format!("http://{host}");
     let path = request.uri().path();
     let public = path == "/login" || path.starts_with("/static/");
     let method = request.method().clone();
@@ -246,7 +246,7 @@ async fn guard(State(console): State<Shared>, mut request: Request, next: Next) 
         return Refusal::NoSession.into_response();
     };
     if method == Method::POST {
-        if let Err(refusal) = same_origin(headers, &console.origin) {
+        if let Err(refusal) = same_origin(headers, &origin) {
             return refusal.into_response();
         }
     }
