@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aitokens::api::pb::{GetTokenRequest, token_admin_client::TokenAdminClient};
+use aitokens::api::pb::{
+    CreateTokenBindingRequest, GetTokenRequest, TokenBinding, token_admin_client::TokenAdminClient,
+};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use tonic::Code;
@@ -473,6 +475,88 @@ async fn console_refuses_requests_without_login_csrf_or_own_origin() {
     let printed = console.stop();
     let logs = dev.stop().await;
     assert!(!printed.contains(value) && !logs.contains(value));
+}
+
+/// The delete guard through the console: a removal without force that the
+/// server refuses shows its blockers, with the status, reason and request id;
+/// removing anyway without the token id typed is refused before any call.
+#[tokio::test]
+async fn console_remove_shows_the_guards_refusal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev = DevGuard(Some(start_dev(dir.path())));
+    let mut admin =
+        TokenAdminClient::new(binary::channel(dir.path(), dev.dev().admin, "admin").await);
+    admin
+        .create_token(create_request("acme", "bound", "sk-console-guard-5e1d"))
+        .await
+        .expect("create");
+    admin
+        .create_token_binding(CreateTokenBindingRequest {
+            parent: "tenants/acme/tokens/bound".into(),
+            binding_id: "billing".into(),
+            binding: Some(TokenBinding {
+                purpose: "monthly invoices".into(),
+                ..TokenBinding::default()
+            }),
+        })
+        .await
+        .expect("bind");
+    let console = Console::start(dir.path());
+    let (cookie, csrf) = log_in(&console).await;
+    let origin = format!("http://{}", console.addr);
+    let headers = [("cookie", cookie.as_str()), ("origin", origin.as_str())];
+    let path = "/tenants/acme/tokens/bound/remove";
+
+    let reply = http(
+        console.addr,
+        "POST",
+        path,
+        &headers,
+        &format!("csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(reply.status, 409, "{}", reply.body);
+    for expected in [
+        "FailedPrecondition",
+        "TOKEN_IN_USE",
+        "BINDING",
+        "tenants/acme/tokens/bound/bindings/billing",
+        "monthly invoices",
+        "remove it anyway by typing its id",
+        "Request id: <code>console-",
+        "Remove anyway",
+    ] {
+        assert!(reply.body.contains(expected), "{expected}: {}", reply.body);
+    }
+    let reply = http(
+        console.addr,
+        "POST",
+        path,
+        &headers,
+        &format!("csrf={csrf}&force=1&confirm=not-the-id"),
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.contains("to remove it anyway"), "{}", reply.body);
+    assert!(token_exists(dir.path(), dev.dev(), "bound").await);
+
+    let reply = http(
+        console.addr,
+        "POST",
+        path,
+        &headers,
+        &format!("csrf={csrf}&force=1&confirm=bound&blockers=1"),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        reply.body.contains("with force despite 1 blocker(s)"),
+        "{}",
+        reply.body
+    );
+    assert!(!token_exists(dir.path(), dev.dev(), "bound").await);
+    drop(console);
+    dev.stop().await;
 }
 
 #[tokio::test]

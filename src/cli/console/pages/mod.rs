@@ -200,9 +200,29 @@ fn failure_box(failure: &Failure) -> Markup {
                     }
                 }
             }
-            p { "What to do: " (report.hint) }
+            p { "What to do: " (hint(failure)) }
             p.request-id { "Request id: " code { (failure.request_id) } }
         }
+    }
+}
+
+/// What to do, in the console's terms where the CLI's hint names a flag or
+/// a command; else the CLI's own hint.
+fn hint(failure: &Failure) -> &str {
+    let report = &failure.report;
+    match (report.code, report.reason.as_deref()) {
+        (Some(tonic::Code::FailedPrecondition), Some("TOKEN_IN_USE")) => {
+            "the token is still in use (see the blockers): move its users to another token and \
+             delete its bindings, or remove it anyway by typing its id"
+        }
+        (Some(tonic::Code::Aborted), _) => {
+            "the token changed since this page was loaded: reload it, check the change, retry"
+        }
+        (Some(tonic::Code::NotFound), _) => {
+            "check the tenant and the token id (the token cards list the ids); it may have been \
+             renamed or removed meanwhile"
+        }
+        _ => &report.hint,
     }
 }
 
