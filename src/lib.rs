@@ -44,9 +44,10 @@
 //! 11. [`config`], then [`server`] (listeners, TLS, background tasks) and
 //!     [`dev`] (the embedded default's data folder).
 //! 12. [`cli`]: the `aitokens` command line: the server commands, a gRPC
-//!     client (`aitokens token ...`) that uses only the public contract, and
-//!     the offline operator commands (`init`, `keys`, `backup`, `restore`,
-//!     `audit verify`), which open the database directly.
+//!     client (`aitokens token ...`) and a local web console (`aitokens
+//!     console`) that use only the public admin contract, and the offline
+//!     operator commands (`init`, `keys`, `backup`, `restore`, `audit
+//!     verify`), which open the database directly.
 //!
 //! The benchmark is its own workspace crate (`bench/`), which seeds through
 //! the `testkit` feature's bulk loader rather than the server's write API.

@@ -11,6 +11,7 @@
 //! `main.rs` only parses, sets up logging and calls [`run`].
 
 mod connect;
+mod console;
 mod lifecycle;
 mod offline;
 mod output;
@@ -28,6 +29,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use crate::crypto::KeySource;
 
 pub use connect::ConnectArgs;
+pub use console::ConsoleArgs;
 pub use offline::{
     AuditCommand, BackupArgs, InitArgs, KeysCommand, MigrateArgs, Offline, OfflineCommand,
     RestoreArgs, StoreCommand,
@@ -82,6 +84,13 @@ pub enum Command {
     /// DIR/profile.toml with the addresses it listens on, so that `aitokens
     /// token ...` in another shell of the same directory needs no flags.
     Dev(DevArgs),
+    /// A local web console for the admin API (token cards, add, rename,
+    /// remove, replace, disable), on 127.0.0.1 only.
+    ///
+    /// It calls the admin listener with the profile's admin identity (the
+    /// same settings as `aitokens token`), never resolves a value, and prints
+    /// a one-time login URL: open it once to get a session.
+    Console(Box<ConsoleArgs>),
     /// Run the server from a config file (addresses, TLS files, policy, key, database).
     Serve(ServeArgs),
     /// Manage and resolve tokens on a running server (a gRPC client over mTLS).
@@ -160,6 +169,7 @@ impl Command {
         match self {
             Self::Dev(_) | Self::Serve(_) | Self::Bench { .. } => "info",
             Self::Token(_)
+            | Self::Console(_)
             | Self::Completions { .. }
             | Self::Init(_)
             | Self::Keys { .. }
@@ -182,6 +192,7 @@ pub async fn run(cli: Cli, key_source: Option<KeySource>) -> ExitCode {
         Command::Dev(args) => server::dev(args).await,
         Command::Serve(args) => server::serve(args, key_source).await,
         Command::Token(args) => token::run(*args).await,
+        Command::Console(args) => console::run(*args).await,
         Command::Bench { args } => bench(args),
         Command::Completions { shell } => {
             let mut command = Cli::command();

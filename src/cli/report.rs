@@ -43,22 +43,26 @@ impl CliError {
     }
 }
 
-/// What gets printed about a failure.
-struct Report {
-    code: Option<Code>,
-    message: String,
+/// What gets printed about a failure (and what the console shows).
+pub(super) struct Report {
+    /// The gRPC code, for a failure the server reported.
+    pub(super) code: Option<Code>,
+    /// The message (the server's, or ours).
+    pub(super) message: String,
     /// `(field, description)` from a `google.rpc.BadRequest` detail.
-    fields: Vec<(String, String)>,
+    pub(super) fields: Vec<(String, String)>,
     /// `reason` from a `google.rpc.ErrorInfo` detail.
-    reason: Option<String>,
+    pub(super) reason: Option<String>,
     /// `(type, subject, description)` from a `google.rpc.PreconditionFailure`.
-    blockers: Vec<(String, String, String)>,
-    hint: String,
+    pub(super) blockers: Vec<(String, String, String)>,
+    /// What to do, in one sentence.
+    pub(super) hint: String,
     exit: u8,
 }
 
 impl Report {
-    fn of(error: &CliError) -> Self {
+    /// The report of `error`.
+    pub(super) fn of(error: &CliError) -> Self {
         let plain = |message: &str, hint: &str, exit| Self {
             code: None,
             message: message.to_owned(),
@@ -69,7 +73,7 @@ impl Report {
             exit,
         };
         match error {
-            CliError::Usage(message) => plain(message, "see `aitokens token --help`", 2),
+            CliError::Usage(message) => plain(message, "see `aitokens COMMAND --help`", 2),
             CliError::Local(message) => plain(message, "check the path and its permissions", 3),
             CliError::Connect { addr, detail } => plain(
                 &format!("cannot connect to {addr}: {detail}"),

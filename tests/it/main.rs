@@ -16,6 +16,7 @@ mod cache;
 mod cli;
 mod cli_safety;
 mod common;
+mod console;
 mod crash;
 mod deploy;
 mod dev;
