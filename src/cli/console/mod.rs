@@ -245,10 +245,10 @@ async fn guard(State(console): State<Shared>, mut request: Request, next: Next) 
     let Some((id, session)) = console.sessions.find(cookie) else {
         return Refusal::NoSession.into_response();
     };
-    if method == Method::POST {
-        if let Err(refusal) = same_origin(headers, &origin) {
-            return refusal.into_response();
-        }
+    if method == Method::POST
+        && let Err(refusal) = same_origin(headers, &origin)
+    {
+        return refusal.into_response();
     }
     request
         .extensions_mut()
@@ -260,15 +260,15 @@ async fn guard(State(console): State<Shared>, mut request: Request, next: Next) 
 /// POST and `Sec-Fetch-Site` with it; a client that sends neither (curl)
 /// still needs the session cookie and the CSRF token.
 fn same_origin(headers: &HeaderMap, origin: &str) -> Result<(), Refusal> {
-    if let Some(given) = headers.get(header::ORIGIN) {
-        if given.as_bytes() != origin.as_bytes() {
-            return Err(Refusal::ForeignOrigin);
-        }
+    if let Some(given) = headers.get(header::ORIGIN)
+        && given.as_bytes() != origin.as_bytes()
+    {
+        return Err(Refusal::ForeignOrigin);
     }
-    if let Some(site) = headers.get("sec-fetch-site") {
-        if site.as_bytes() != b"same-origin" {
-            return Err(Refusal::CrossSite);
-        }
+    if let Some(site) = headers.get("sec-fetch-site")
+        && site.as_bytes() != b"same-origin"
+    {
+        return Err(Refusal::CrossSite);
     }
     Ok(())
 }
