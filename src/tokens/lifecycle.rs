@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use super::{SealedCache, detached, rules};
+use super::{SealedCache, Watch, detached, rules};
 use crate::{
     crypto::KeyringHandle,
     error::{Error, Result},
@@ -64,11 +64,17 @@ pub struct Lifecycle {
     recent_window: Duration,
     /// Tokens in the store, kept in memory (see [`Lifecycle::token_count`]).
     count: Arc<AtomicU64>,
+    /// Told of every committed change, so watchers hear of it at once.
+    watch: Watch,
 }
 
 impl Lifecycle {
     /// Operations over `store`, sealing with `keyring`; a resolve within
     /// `recent_window` blocks a removal.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one constructor, called once by Domain::new, wiring shared parts"
+    )]
     pub(super) fn new(
         store: Arc<dyn TokenStore>,
         keyring: Arc<KeyringHandle>,
@@ -77,6 +83,7 @@ impl Lifecycle {
         gate: FlushGate,
         recent_window: Duration,
         count: u64,
+        watch: Watch,
     ) -> Self {
         Self {
             store,
@@ -86,6 +93,7 @@ impl Lifecycle {
             gate,
             recent_window,
             count: Arc::new(count.into()),
+            watch,
         }
     }
 
@@ -125,11 +133,13 @@ impl Lifecycle {
         )?;
         drop(new.value);
         let (store, cache, count) = (self.store.clone(), self.cache.clone(), self.count.clone());
+        let watch = self.watch.clone();
         detached(async move {
             let created = store.insert(record, sealed, replaces, vec![event]).await;
             // The replaced token's row changed (it gained `replaced_by`).
             if let Some(replaced) = &replaced {
                 cache.invalidate(replaced);
+                watch.poke();
             }
             if created.is_ok() {
                 count.fetch_add(1, Ordering::Relaxed);
@@ -219,7 +229,7 @@ impl Lifecycle {
         });
         let actor = actor.clone();
         let (etag, display_name) = (change.etag, change.display_name);
-        let (store, cache) = (self.store.clone(), self.cache.clone());
+        let (store, cache, watch) = (self.store.clone(), self.cache.clone(), self.watch.clone());
         let mut record = detached(async move {
             let change = move |current: &TokenRecord| {
                 rules::check_etag(current, etag.as_deref())?;
@@ -235,6 +245,7 @@ impl Lifecycle {
             if let Some(renamed) = &renamed {
                 cache.invalidate(renamed);
             }
+            watch.poke();
             updated
         })
         .await?;
@@ -251,7 +262,7 @@ impl Lifecycle {
         etag: Option<String>,
     ) -> Result<TokenRecord> {
         let actor = actor.clone();
-        let (store, cache) = (self.store.clone(), self.cache.clone());
+        let (store, cache, watch) = (self.store.clone(), self.cache.clone(), self.watch.clone());
         let mut record = detached(async move {
             let updated = store
                 .update(
@@ -275,6 +286,7 @@ impl Lifecycle {
                 )
                 .await;
             cache.invalidate(&name);
+            watch.poke();
             updated
         })
         .await?;
@@ -298,6 +310,7 @@ impl Lifecycle {
         let count = self.count.clone();
         let recent_since_us = micros_ago(self.recent_window);
         let gate = self.gate.clone();
+        let watch = self.watch.clone();
         detached(async move {
             // Pending counters must be in memory or in the store, not in a
             // flush in between, while the guard looks at them.
@@ -327,6 +340,7 @@ impl Lifecycle {
                 .await;
             // Committed (or not): either way no cached copy may outlive it.
             cache.invalidate(&name);
+            watch.poke();
             let removed = removed?;
             let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
             if let Some(replaced) = removed.replaces_name() {

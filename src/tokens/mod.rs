@@ -8,7 +8,8 @@
 //! - [`Resolver`]: the resolve path, over the cache of sealed rows;
 //! - [`Bindings`]: declared uses of a token;
 //! - [`UsageReports`]: usage per caller, replacement status;
-//! - [`Flusher`]: writes usage counters and queued audit events in batches.
+//! - [`Flusher`]: writes usage counters and queued audit events in batches;
+//! - [`Watch`]: the change feed behind WatchTokens.
 //!
 //! The rules themselves (validation, etags, what blocks a removal, when a
 //! replaced token may go) are pure functions in [`rules`]. Each service
@@ -21,6 +22,7 @@ mod lifecycle;
 mod resolve;
 pub mod rules;
 mod usage;
+mod watch;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -32,6 +34,7 @@ pub use lifecycle::{Lifecycle, NewToken, Rename};
 pub use resolve::Resolver;
 pub use rules::ReplacementStatus;
 pub use usage::{FLUSH_EARLY_AT, FlushGate, Flusher, UsageReports, UsageTracker};
+pub use watch::{Subscription, Watch, WatchItem, WatchSettings};
 
 use crate::{
     audit::{AuditHealth, AuditQueue, JsonlSink},
@@ -74,6 +77,8 @@ pub struct TokenSettings {
     /// Memory for sealed rows kept for the resolve path, in bytes; 0 reads
     /// every resolve from the store.
     pub cache_bytes: usize,
+    /// The change feed (WatchTokens).
+    pub watch: WatchSettings,
 }
 
 /// Default memory for cached sealed rows: room for about 1.6 million
@@ -87,6 +92,7 @@ impl Default for TokenSettings {
             track: true,
             recent_window: Duration::from_secs(24 * 60 * 60),
             cache_bytes: DEFAULT_CACHE_BYTES,
+            watch: WatchSettings::default(),
         }
     }
 }
@@ -105,6 +111,8 @@ pub struct Domain {
     pub reports: UsageReports,
     /// Batch writes of usage and queued audit events.
     pub flusher: Flusher,
+    /// The change feed.
+    pub watch: Watch,
 }
 
 impl Domain {
@@ -132,6 +140,7 @@ impl Domain {
         )
         .await?;
         let count = store.count().await?;
+        let watch = Watch::new(store.clone(), settings.watch).await?;
         Ok(Self {
             lifecycle: Lifecycle::new(
                 store.clone(),
@@ -141,6 +150,7 @@ impl Domain {
                 gate.clone(),
                 settings.recent_window,
                 count,
+                watch.clone(),
             ),
             resolver,
             bindings: Bindings::new(store.clone(), cache),
@@ -152,6 +162,7 @@ impl Domain {
                 settings.recent_window,
             ),
             flusher: Flusher::new(store, usage, audit, health, gate, settings.track),
+            watch,
         })
     }
 }
