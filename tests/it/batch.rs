@@ -255,3 +255,76 @@ async fn batch_size_is_bounded_and_named() {
             .all(|r| r.status.as_ref().map(|s| s.code) == Some(Code::NotFound as i32))
     );
 }
+
+/// User plus system CPU time of process `pid` (`/proc/PID/stat`, in the
+/// usual 100 ticks per second).
+fn cpu_time(pid: u32) -> std::time::Duration {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after_name = text.rsplit_once(')').expect("stat format").1;
+    let fields: Vec<u64> = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().expect("ticks"))
+        .collect();
+    std::time::Duration::from_millis((fields[0] + fields[1]) * 10)
+}
+
+/// Server CPU per name: 2,000 names resolved one call each, in batches of
+/// 10 and in batches of 100, against a real `aitokens serve` (a debug
+/// build: the ratios matter, not the absolute figures). Prints the figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_cost_less_server_cpu_per_name_than_single_calls() {
+    use crate::process::{DataDir, Serve};
+
+    const NAMES: usize = 2000;
+    let _heavy = crate::common::HEAVY.lock().await;
+    let data = DataDir::new();
+    let serve = Serve::start(&data, "info", "serve.log");
+    let mut admin = serve.admin(&data).await;
+    for i in 0..100 {
+        admin
+            .create_token(create_request(
+                "acme",
+                &format!("ok-{i}"),
+                &format!("sk-{i}"),
+            ))
+            .await
+            .expect("create");
+    }
+    let mut resolver = serve.resolver(&data).await;
+    let name = |i: usize| format!("tenants/acme/tokens/ok-{}", i % 100);
+    let started = std::time::Instant::now();
+    let mut figures = Vec::new();
+    for batch in [1, 10, 100] {
+        let (cpu, wall) = (cpu_time(serve.pid()), std::time::Instant::now());
+        for chunk in (0..NAMES).collect::<Vec<_>>().chunks(batch) {
+            assert!(started.elapsed() < std::time::Duration::from_secs(300));
+            if batch == 1 {
+                resolve(&mut resolver, &name(chunk[0]))
+                    .await
+                    .expect("resolve");
+            } else {
+                let response = resolver
+                    .batch_resolve_tokens(BatchResolveTokensRequest {
+                        names: chunk.iter().map(|i| name(*i)).collect(),
+                    })
+                    .await
+                    .expect("batch")
+                    .into_inner();
+                assert!(response.results.iter().all(|r| r.status.is_none()));
+            }
+        }
+        let per_name = (cpu_time(serve.pid()) - cpu) / NAMES as u32;
+        let wall = wall.elapsed() / NAMES as u32;
+        println!(
+            "batch of {batch:>3}: server CPU {per_name:?} per name, wall {wall:?} per name ({NAMES} names)"
+        );
+        figures.push(per_name);
+    }
+    assert!(
+        figures[2] < figures[0],
+        "a batch of 100 costs less server CPU per name than single calls: {figures:?}"
+    );
+    serve.kill9();
+}
