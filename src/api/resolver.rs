@@ -10,7 +10,7 @@
 
 use std::pin::Pin;
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use prost::Message;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
@@ -204,7 +204,9 @@ impl token_resolver_server::TokenResolver for ResolverApi {
         };
         let heartbeat = self.watch.settings().heartbeat;
         let messages = super::watch::spawn(subscription, audience, heartbeat, self.stop.clone());
-        Ok(Response::new(Box::pin(ReceiverStream::new(messages))))
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(messages).map(|message| *message),
+        )))
     }
 
     async fn batch_resolve_tokens(

@@ -143,13 +143,18 @@ fn marker(kind: EventType, sequence: i64) -> WatchTokensResponse {
     }
 }
 
+/// What the task of one stream hands to the transport, boxed: the channel
+/// allocates its slots in blocks, and a slot the size of a `Status` made an
+/// idle stream cost kilobytes.
+pub(super) type Outgoing = Box<Result<WatchTokensResponse, Status>>;
+
 /// Starts the task that feeds one stream; returns its receiving end.
 pub(super) fn spawn(
     subscription: Subscription,
     audience: Audience,
     heartbeat: Duration,
     stop: watch::Receiver<bool>,
-) -> mpsc::Receiver<Result<WatchTokensResponse, Status>> {
+) -> mpsc::Receiver<Outgoing> {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(pump(subscription, audience, heartbeat, stop, tx));
     rx
@@ -163,11 +168,14 @@ async fn pump(
     audience: Audience,
     heartbeat: Duration,
     mut stop: watch::Receiver<bool>,
-    tx: mpsc::Sender<Result<WatchTokensResponse, Status>>,
+    tx: mpsc::Sender<Outgoing>,
 ) {
     // At once: the client knows the stream stands, and where.
     if tx
-        .send(Ok(marker(EventType::Heartbeat, subscription.cursor())))
+        .send(Box::new(Ok(marker(
+            EventType::Heartbeat,
+            subscription.cursor(),
+        ))))
         .await
         .is_err()
     {
@@ -178,7 +186,7 @@ async fn pump(
         if Instant::now() >= deadline {
             // Due even while other callers' events keep the feed busy.
             let beat = marker(EventType::Heartbeat, subscription.cursor());
-            if tx.send(Ok(beat)).await.is_err() {
+            if tx.send(Box::new(Ok(beat))).await.is_err() {
                 return;
             }
             deadline = Instant::now() + heartbeat;
@@ -207,13 +215,13 @@ async fn pump(
                     deadline = Instant::now() + heartbeat;
                 }
                 for message in messages {
-                    if tx.send(Ok(message)).await.is_err() {
+                    if tx.send(Box::new(Ok(message))).await.is_err() {
                         return;
                     }
                 }
             }
             Err(e) => {
-                let _ = tx.send(Err(e.into())).await;
+                let _ = tx.send(Box::new(Err(e.into()))).await;
                 return;
             }
         }

@@ -757,3 +757,95 @@ async fn a_client_detects_a_dead_server_within_its_heartbeat_bound() {
         serve.kill9();
     }
 }
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// 10,000 idle streams on one `aitokens serve` (50 connections of 200):
+/// the server's RSS they add, and the time from an admin change's
+/// acknowledgement until every stream has its event. Prints the figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_holds_10000_idle_streams_and_reaches_them_all() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use crate::process::{DataDir, Serve, channel};
+
+    const CONNECTIONS: usize = 50;
+    const PER_CONNECTION: usize = 200;
+    const STREAMS: usize = CONNECTIONS * PER_CONNECTION;
+    let _heavy = crate::common::HEAVY.lock().await;
+    let data = DataDir::new();
+    let serve = Serve::start(&data, "info", "serve.log");
+    let mut admin = serve.admin(&data).await;
+    create(&mut admin, "acme", "watched").await;
+    let started = Instant::now();
+    let before = rss_kib(serve.pid());
+    let reached = Arc::new(AtomicUsize::new(0));
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let (opened_tx, mut opened) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let conn = channel(data.dir.path(), serve.internal, "agent").await;
+        for _ in 0..PER_CONNECTION {
+            let mut client = TokenResolverClient::new(conn.clone());
+            let (reached, done_tx, opened_tx) =
+                (reached.clone(), done_tx.clone(), opened_tx.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut stream = open(&mut client, tenant("tenants/acme"))
+                    .await
+                    .expect("watch");
+                next_message(&mut stream).await;
+                let _ = opened_tx.send(());
+                loop {
+                    match stream.message().await {
+                        Ok(Some(m)) if m.r#type() == EventType::Heartbeat => continue,
+                        Ok(Some(_)) => break,
+                        other => panic!("stream ended: {other:?}"),
+                    }
+                }
+                if reached.fetch_add(1, Ordering::AcqRel) + 1 == STREAMS {
+                    let _ = done_tx.send(Instant::now());
+                }
+                // Held open until the test ends.
+                std::future::pending::<()>().await;
+            }));
+        }
+    }
+    for _ in 0..STREAMS {
+        tokio::time::timeout(Duration::from_secs(120), opened.recv())
+            .await
+            .expect("every stream opens within 120 s")
+            .expect("opened");
+    }
+    let open_after = started.elapsed();
+    // Let the server settle (its first heartbeats sent, buffers sized).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(serve.pid());
+    disable(&mut admin, &token("acme", "watched")).await;
+    let acknowledged = Instant::now();
+    let all = tokio::time::timeout(Duration::from_secs(60), done.recv())
+        .await
+        .expect("every stream has the event within 60 s")
+        .expect("done");
+    let fan_out = all.saturating_duration_since(acknowledged);
+    println!(
+        "watch: {STREAMS} idle streams opened in {open_after:?}; server RSS {before} KiB -> {after} KiB \
+         (+{} KiB, {:.1} KiB per stream); one event reached all of them {fan_out:?} after the acknowledgement",
+        after.saturating_sub(before),
+        after.saturating_sub(before) as f64 / STREAMS as f64
+    );
+    for task in tasks {
+        task.abort();
+    }
+    serve.kill9();
+}
