@@ -7,9 +7,10 @@ use std::{env, error::Error, path::PathBuf};
 
 /// Messages that carry a token value: their generated `Debug` is replaced by a
 /// hand-written, redacting one in `src/api/pb.rs`.
-const SECRET_MESSAGES: [&str; 2] = [
+const SECRET_MESSAGES: [&str; 3] = [
     "aitokens.v1.CreateTokenRequest",
     "aitokens.v1.ResolveTokenResponse",
+    "aitokens.v1.BatchResolveTokensResult",
 ];
 
 const PROTOS: [&str; 5] = [
@@ -31,6 +32,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("aitokens_descriptor.bin"))
         .skip_debug(SECRET_MESSAGES)
+        // `google.rpc.Status` (vendored in proto/google/rpc for protoc) is
+        // tonic-types' type, so statuses convert without re-encoding.
+        .extern_path(".google.rpc.Status", "::tonic_types::Status")
         .compile_with_config(config, &PROTOS, &["proto"])?;
     Ok(())
 }

@@ -40,6 +40,12 @@
 //! checkpoint_interval_secs = 10
 //! max_unflushed_secs = 30    # longer without a written trail: resolves are refused
 //! per_call_resolves = false  # also one JSON line per allowed resolve (needs jsonl)
+//! [watch]                    # optional; WatchTokens, these are the defaults
+//! heartbeat_ms = 5000        # a stream with nothing to say sends a heartbeat this often
+//! max_streams = 10000        # watch streams open at once; more: RESOURCE_EXHAUSTED
+//! retain_events = 100000     # events kept for resuming streams (the newest this many ...)
+//! retain_secs = 86400        # ... and none older); from before them a stream resyncs
+//! poll_ms = 1000             # how often the store is checked for events nobody announced
 //! [metrics]                  # optional: plain-HTTP /metrics, /healthz, /readyz
 //! listen = "127.0.0.1:9090"
 //! [bench]                    # optional; only `aitokens bench` sets it
@@ -94,6 +100,9 @@ pub struct Config {
     /// Audit trail options.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// The change feed (WatchTokens).
+    #[serde(default, skip_serializing_if = "WatchConfig::is_default")]
+    pub watch: WatchConfig,
     /// The observability listener; none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
@@ -120,6 +129,54 @@ impl Default for UsageConfig {
             track: true,
             flush_interval_secs: 2,
             recent_window_secs: 24 * 60 * 60,
+        }
+    }
+}
+
+/// WatchTokens: heartbeats, the stream limit, the retained window.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// Milliseconds without a message after which a stream sends a heartbeat.
+    pub heartbeat_ms: u64,
+    /// Watch streams this server holds at once.
+    pub max_streams: usize,
+    /// Events retained for resuming streams: at most this many ...
+    pub retain_events: u64,
+    /// ... and none older than this many seconds.
+    pub retain_secs: u64,
+    /// Milliseconds between looks at the store for events nobody announced
+    /// (changes by the CLI beside a SQLite server, a lost notification).
+    pub poll_ms: u64,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        let d = crate::tokens::WatchSettings::default();
+        Self {
+            heartbeat_ms: d.heartbeat.as_millis() as u64,
+            max_streams: d.max_streams,
+            retain_events: d.retain_events,
+            retain_secs: d.retain_age.as_secs(),
+            poll_ms: d.poll.as_millis() as u64,
+        }
+    }
+}
+
+impl WatchConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The settings the domain takes (zero durations raised to 1 ms).
+    pub fn settings(&self) -> crate::tokens::WatchSettings {
+        use std::time::Duration;
+        crate::tokens::WatchSettings {
+            heartbeat: Duration::from_millis(self.heartbeat_ms.max(1)),
+            max_streams: self.max_streams,
+            retain_events: self.retain_events,
+            retain_age: Duration::from_secs(self.retain_secs),
+            poll: Duration::from_millis(self.poll_ms.max(1)),
         }
     }
 }

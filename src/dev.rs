@@ -134,6 +134,7 @@ pub fn prepare(
             anchor: Some("audit-anchor.jsonl".into()),
             ..AuditConfig::default()
         },
+        watch: Default::default(),
         lock_memory: false,
         metrics: metrics.map(|listen| MetricsConfig { listen }),
         bench: BenchConfig::default(),

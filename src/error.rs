@@ -61,6 +61,15 @@ pub enum Error {
         /// What a person should know.
         message: &'static str,
     },
+    /// A server-wide limit is reached (such as its watch streams). The
+    /// message names the limit and the setting that raises it.
+    #[error("resource exhausted: {message}")]
+    ResourceExhausted {
+        /// Stable reason code (ErrorInfo).
+        reason: &'static str,
+        /// What a person should know: which limit, how large.
+        message: String,
+    },
     /// The store could not be reached or failed (SQLite error, I/O error).
     /// The text is for the operator's log only.
     #[error("storage error: {0}")]

@@ -31,7 +31,7 @@ impl<'a> Call<'a> {
     ) -> Result<Self, Status> {
         let resource = resource.into();
         let tenant = match scope {
-            Scope::Admin(tenant) => Some(tenant.to_string()),
+            Scope::Admin(tenant) | Scope::WatchTenant(tenant) => Some(tenant.to_string()),
             Scope::Resolve(name) => Some(name.tenant.to_string()),
             Scope::AdminOfAll | Scope::KeyAdmin => None,
         };

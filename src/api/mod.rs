@@ -15,6 +15,7 @@ pub mod echo;
 mod key_admin;
 mod resolver;
 pub mod status;
+mod watch;
 
 pub use admin::AdminApi;
 pub use key_admin::KeyAdminApi;

@@ -28,7 +28,7 @@ pub fn audit_reason(e: &Error) -> &'static str {
         Error::Unauthenticated(_) => "NO_USABLE_IDENTITY",
         Error::PermissionDenied => "POLICY_DENIED",
         Error::DataLoss => "INTEGRITY_CHECK_FAILED",
-        Error::Unavailable { reason, .. } => reason,
+        Error::Unavailable { reason, .. } | Error::ResourceExhausted { reason, .. } => reason,
         Error::Storage(_) => "STORE_UNAVAILABLE",
         Error::Operator(_) | Error::Internal(_) => "INTERNAL",
     }
@@ -89,6 +89,7 @@ impl From<Error> for Status {
                 )
             }
             Error::Unavailable { message, .. } => (Code::Unavailable, (*message).to_owned()),
+            Error::ResourceExhausted { message, .. } => (Code::ResourceExhausted, message.clone()),
             Error::Storage(_) => {
                 tracing::error!(error = %e, "store failure");
                 (

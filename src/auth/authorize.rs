@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tonic::Extensions;
 
-use super::{Authenticated, PolicyHandle};
+use super::{Authenticated, PeerIdentity, PolicyHandle};
 use crate::{
     audit::AuditQueue,
     error::{Error, Result},
@@ -25,12 +25,15 @@ pub enum Scope<'a> {
     KeyAdmin,
     /// Resolve one token.
     Resolve(&'a TokenName),
+    /// Watch the tokens of a tenant that the caller may resolve (each
+    /// event is then decided with [`Authorizer::may_resolve`]).
+    WatchTenant(&'a TenantId),
 }
 
 impl Scope<'_> {
     fn tenant(&self) -> Option<&str> {
         match self {
-            Self::Admin(tenant) => Some(tenant.as_str()),
+            Self::Admin(tenant) | Self::WatchTenant(tenant) => Some(tenant.as_str()),
             Self::Resolve(name) => Some(name.tenant.as_str()),
             Self::AdminOfAll | Self::KeyAdmin => None,
         }
@@ -68,6 +71,18 @@ impl Authorizer {
         &self.audit
     }
 
+    /// Whether `identity` may resolve `name` under the live policy, and
+    /// whether only with a binding (`Some(true)`); `None` if it may not.
+    /// Records nothing: it decides which events of a watch stream the
+    /// caller sees, and an event not sent is no request.
+    pub fn may_resolve(&self, identity: &PeerIdentity, name: &TokenName) -> Option<bool> {
+        self.policy
+            .current()
+            .authorize_resolve(identity, name)
+            .ok()
+            .map(|granted| granted.require_binding)
+    }
+
     /// Allows the authenticated caller of this request `scope` on
     /// `resource`, or refuses (PERMISSION_DENIED, audited).
     pub fn authorize(
@@ -85,6 +100,7 @@ impl Authorizer {
             Scope::AdminOfAll => policy.authorize_admin_of_all(&caller.identity),
             Scope::KeyAdmin => policy.authorize_key_admin(&caller.identity),
             Scope::Resolve(name) => policy.authorize_resolve(&caller.identity, name),
+            Scope::WatchTenant(tenant) => policy.authorize_resolve_in(&caller.identity, tenant),
         };
         let mut actor = caller.actor();
         match decision {
@@ -97,8 +113,8 @@ impl Authorizer {
             }
             Err(e) => {
                 match scope {
-                    Scope::Resolve(_) => {
-                        tracing::warn!(caller = %actor.identity, resource, "resolve denied")
+                    Scope::Resolve(_) | Scope::WatchTenant(_) => {
+                        tracing::warn!(method = actor.method, caller = %actor.identity, resource, "resolve denied")
                     }
                     Scope::KeyAdmin => {
                         tracing::warn!(method = actor.method, caller = %actor.identity, "key admin request denied")

@@ -244,6 +244,17 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// Allows `peer` to watch `tenant`: it may resolve some tokens of it
+    /// (which ones is decided per event), or denies.
+    pub fn authorize_resolve_in(&self, peer: &PeerIdentity, tenant: &TenantId) -> Result<Caller> {
+        let grant = self.resolvers.get(peer.as_str());
+        let granted = grant
+            .is_some_and(|grant| grant.tenants.covers(tenant) && !grant.token_patterns.is_empty());
+        Caller::of(peer, granted, grant.is_some_and(|g| g.bindings_only))
+    }
+}
+
 impl Caller {
     /// `peer` as the caller, if `granted`; else a refusal.
     fn of(peer: &PeerIdentity, granted: bool, require_binding: bool) -> Result<Self> {

@@ -10,6 +10,7 @@
 
 mod audit;
 mod binding;
+mod event;
 mod keyring;
 mod names;
 mod page;
@@ -19,6 +20,7 @@ mod usage;
 
 pub use audit::{Actor, AuditEvent, AuditRecord, Outcome};
 pub use binding::{Binding, BindingRecord};
+pub use event::{EventWindow, TokenEvent, TokenEventKind};
 pub use keyring::{KdfParams, KeyringRecords};
 pub use names::{
     BindingId, BindingName, ID_RULE, MAX_ID_LEN, TenantId, TokenId, TokenName, is_identity,

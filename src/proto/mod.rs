@@ -57,3 +57,19 @@ impl Drop for ResolveTokenResponse {
         self.value.zeroize();
     }
 }
+
+impl fmt::Debug for BatchResolveTokensResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchResolveTokensResult")
+            .field("name", &self.name)
+            .field("value", &"[REDACTED]")
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+impl Drop for BatchResolveTokensResult {
+    fn drop(&mut self) {
+        self.value.zeroize();
+    }
+}

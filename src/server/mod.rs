@@ -165,6 +165,7 @@ impl Server {
             track: config.usage.track,
             recent_window: Duration::from_secs(config.usage.recent_window_secs),
             cache_bytes: config.cache.max_bytes(),
+            watch: config.watch.settings(),
             ..TokenSettings::default()
         };
         let domain = Domain::new(
@@ -254,7 +255,11 @@ impl Server {
                 stop.clone(),
             ))
         });
+        let watch = self.domain.watch.clone();
+        let changes = self.store.subscribe_changes();
+        let stopping = stop.clone();
         let mut tasks = vec![
+            tokio::spawn(async move { watch.run(changes, stopping).await }),
             // Joined like the others: a stop ends a warm-up still running,
             // so that the store (and its database lock) is let go at once.
             tokio::spawn(tasks::warm_resolve_cache(resolver.clone())),
@@ -318,7 +323,7 @@ impl Server {
                 self.stopped(stop.clone(), admin_health),
             );
         let internal_server = self
-            .internal_router(auth)?
+            .internal_router(auth, stop.clone())?
             .add_service(internal_health_service.max_decoding_message_size(MAX_SMALL_REQUEST_BYTES))
             .serve_with_incoming_shutdown(
                 self.incoming(internal, &self.internal_tls),
@@ -381,8 +386,17 @@ impl Server {
     }
 
     /// TokenResolver, its reflection and (when configured) the Echo floor.
-    fn internal_router(&self, auth: Authorizer) -> Result<Router<Layers>> {
-        let resolver_api = ResolverApi::new(self.domain.resolver.clone(), auth);
+    fn internal_router(
+        &self,
+        auth: Authorizer,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Router<Layers>> {
+        let resolver_api = ResolverApi::new(
+            self.domain.resolver.clone(),
+            self.domain.watch.clone(),
+            auth,
+            stop,
+        );
         let services = ["aitokens.v1.TokenResolver"];
         Ok(self
             .builder()

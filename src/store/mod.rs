@@ -40,8 +40,9 @@ use crate::{
     crypto::chain::ChainKey,
     error::{Error, Result},
     model::{
-        AuditEvent, AuditRecord, BindingId, BindingRecord, KeyringRecords, SealedToken,
-        SealedValue, TenantId, TokenId, TokenName, TokenRecord, TokenUid, UsageBatch, UsageStats,
+        AuditEvent, AuditRecord, BindingId, BindingRecord, EventWindow, KeyringRecords,
+        SealedToken, SealedValue, TenantId, TokenEvent, TokenEventKind, TokenId, TokenName,
+        TokenRecord, TokenUid, UsageBatch, UsageStats, from_micros,
     },
 };
 
@@ -227,6 +228,25 @@ pub trait TokenStore: Send + Sync + 'static {
     /// [`TokenStore::change_generation`] can.
     fn subscribe_changes(&self) -> Option<broadcast::Receiver<StoreChange>> {
         None
+    }
+    /// Up to `limit` recorded token events after sequence `after_seq`, in
+    /// sequence order (which is commit order). A store that records none
+    /// (the fake in memory) returns none.
+    async fn events_after(&self, after_seq: i64, limit: usize) -> Result<Vec<TokenEvent>> {
+        let _ = (after_seq, limit);
+        Ok(Vec::new())
+    }
+    /// Where the recorded events stand: the last sequence written and the
+    /// last one pruned.
+    async fn event_window(&self) -> Result<EventWindow> {
+        Ok(EventWindow::default())
+    }
+    /// Deletes the events that are not among the newest `keep`, and those
+    /// committed before `older_than_us` (µs since the epoch), moving the
+    /// window's floor past them. Returns the window afterwards.
+    async fn prune_events(&self, keep: u64, older_than_us: i64) -> Result<EventWindow> {
+        let _ = (keep, older_than_us);
+        Ok(EventWindow::default())
     }
 }
 
@@ -456,6 +476,32 @@ pub async fn open(
             Ok(Arc::new(store))
         }
     }
+}
+
+/// An event row as the domain sees it; a row that breaks the id rules was
+/// written behind our back: data loss.
+pub(crate) fn decode_event(
+    seq: i64,
+    time_us: i64,
+    tenant: &str,
+    kind: &str,
+    token_id: &str,
+    other_id: Option<&str>,
+) -> Result<TokenEvent> {
+    let tenant = TenantId::new(tenant, "tenant").map_err(|_| Error::DataLoss)?;
+    let name = |id: &str| {
+        Ok::<_, Error>(TokenName {
+            tenant: tenant.clone(),
+            token_id: TokenId::new(id, "token_id").map_err(|_| Error::DataLoss)?,
+        })
+    };
+    Ok(TokenEvent {
+        seq,
+        time: from_micros(time_us),
+        kind: TokenEventKind::parse(kind).ok_or(Error::DataLoss)?,
+        name: name(token_id)?,
+        other: other_id.map(name).transpose()?,
+    })
 }
 
 /// Everything a server needs of its store.

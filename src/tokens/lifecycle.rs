@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use super::{SealedCache, detached, rules};
+use super::{SealedCache, Watch, detached, rules};
 use crate::{
     crypto::KeyringHandle,
     error::{Error, Result},
@@ -66,12 +66,17 @@ pub struct Lifecycle {
     clock: Clock,
     /// Tokens in the store, kept in memory (see [`Lifecycle::token_count`]).
     count: Arc<AtomicU64>,
+    /// Told of every committed change, so watchers hear of it at once.
+    watch: Watch,
 }
 
 impl Lifecycle {
     /// Operations over `store`, sealing with `keyring`; a resolve within
     /// `recent_window` blocks a removal; times come from `clock`.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one constructor, called once by Domain::new, wiring shared parts"
+    )]
     pub(super) fn new(
         store: Arc<dyn TokenStore>,
         keyring: Arc<KeyringHandle>,
@@ -81,6 +86,7 @@ impl Lifecycle {
         recent_window: Duration,
         clock: Clock,
         count: u64,
+        watch: Watch,
     ) -> Self {
         Self {
             store,
@@ -91,6 +97,7 @@ impl Lifecycle {
             recent_window,
             clock,
             count: Arc::new(count.into()),
+            watch,
         }
     }
 
@@ -135,11 +142,13 @@ impl Lifecycle {
         )?;
         drop(new.value);
         let (store, cache, count) = (self.store.clone(), self.cache.clone(), self.count.clone());
+        let watch = self.watch.clone();
         detached(async move {
             let created = store.insert(record, sealed, replaces, vec![event]).await;
             // The replaced token's row changed (it gained `replaced_by`).
             if let Some(replaced) = &replaced {
                 cache.invalidate(replaced);
+                watch.poke();
             }
             if created.is_ok() {
                 count.fetch_add(1, Ordering::Relaxed);
@@ -231,7 +240,7 @@ impl Lifecycle {
         });
         let actor = actor.clone();
         let (etag, display_name) = (change.etag, change.display_name);
-        let (store, cache) = (self.store.clone(), self.cache.clone());
+        let (store, cache, watch) = (self.store.clone(), self.cache.clone(), self.watch.clone());
         let mut record = detached(async move {
             let change = move |current: &TokenRecord| {
                 rules::check_etag(current, etag.as_deref())?;
@@ -247,6 +256,7 @@ impl Lifecycle {
             if let Some(renamed) = &renamed {
                 cache.invalidate(renamed);
             }
+            watch.poke();
             updated
         })
         .await?;
@@ -263,7 +273,7 @@ impl Lifecycle {
         etag: Option<String>,
     ) -> Result<TokenRecord> {
         let actor = actor.clone();
-        let (store, cache) = (self.store.clone(), self.cache.clone());
+        let (store, cache, watch) = (self.store.clone(), self.cache.clone(), self.watch.clone());
         let mut record = detached(async move {
             let updated = store
                 .update(
@@ -287,6 +297,7 @@ impl Lifecycle {
                 )
                 .await;
             cache.invalidate(&name);
+            watch.poke();
             updated
         })
         .await?;
@@ -311,6 +322,7 @@ impl Lifecycle {
         let recent_since_us = self.clock.micros_ago(self.recent_window);
         let clock = self.clock.clone();
         let gate = self.gate.clone();
+        let watch = self.watch.clone();
         detached(async move {
             // Pending counters must be in memory or in the store, not in a
             // flush in between, while the guard looks at them.
@@ -340,6 +352,7 @@ impl Lifecycle {
                 .await;
             // Committed (or not): either way no cached copy may outlive it.
             cache.invalidate(&name);
+            watch.poke();
             let removed = removed?;
             let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
             if let Some(replaced) = removed.replaces_name() {

@@ -8,7 +8,8 @@
 //! - [`Resolver`]: the resolve path, over the cache of sealed rows;
 //! - [`Bindings`]: declared uses of a token;
 //! - [`UsageReports`]: usage per caller, replacement status;
-//! - [`Flusher`]: writes usage counters and queued audit events in batches.
+//! - [`Flusher`]: writes usage counters and queued audit events in batches;
+//! - [`Watch`]: the change feed behind WatchTokens.
 //!
 //! The rules themselves (validation, etags, what blocks a removal, when a
 //! replaced token may go) are pure functions in [`rules`]. Each service
@@ -21,6 +22,7 @@ mod lifecycle;
 mod resolve;
 pub mod rules;
 mod usage;
+mod watch;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -32,6 +34,7 @@ pub use lifecycle::{Lifecycle, NewToken, Rename};
 pub use resolve::Resolver;
 pub use rules::ReplacementStatus;
 pub use usage::{FLUSH_EARLY_AT, FlushGate, Flusher, UsageReports, UsageTracker};
+pub use watch::{Subscription, Watch, WatchItem, WatchSettings};
 
 use crate::{
     audit::{AuditHealth, AuditQueue, JsonlSink},
@@ -78,6 +81,8 @@ pub struct TokenSettings {
     /// Where the current time comes from (the system clock; tests move a
     /// manual one).
     pub clock: Clock,
+    /// The change feed (WatchTokens).
+    pub watch: WatchSettings,
 }
 
 /// Default memory for cached sealed rows: room for about 1.6 million
@@ -92,6 +97,7 @@ impl Default for TokenSettings {
             recent_window: Duration::from_secs(24 * 60 * 60),
             cache_bytes: DEFAULT_CACHE_BYTES,
             clock: Clock::system(),
+            watch: WatchSettings::default(),
         }
     }
 }
@@ -110,6 +116,8 @@ pub struct Domain {
     pub reports: UsageReports,
     /// Batch writes of usage and queued audit events.
     pub flusher: Flusher,
+    /// The change feed.
+    pub watch: Watch,
 }
 
 impl Domain {
@@ -138,6 +146,7 @@ impl Domain {
         )
         .await?;
         let count = store.count().await?;
+        let watch = Watch::new(store.clone(), settings.watch).await?;
         Ok(Self {
             lifecycle: Lifecycle::new(
                 store.clone(),
@@ -148,6 +157,7 @@ impl Domain {
                 settings.recent_window,
                 settings.clock,
                 count,
+                watch.clone(),
             ),
             resolver,
             bindings: Bindings::new(store.clone(), cache),
@@ -159,6 +169,7 @@ impl Domain {
                 settings.recent_window,
             ),
             flusher: Flusher::new(store, usage, audit, health, gate, settings.track),
+            watch,
         })
     }
 }

@@ -10,8 +10,9 @@ use crate::{
     crypto::chain::ChainKey,
     error::{Error, Result},
     model::{
-        AuditEvent, AuditRecord, BindingId, BindingRecord, KeyringRecords, SealedToken,
-        SealedValue, TenantId, TokenId, TokenName, TokenRecord, TokenUid, UsageStats,
+        AuditEvent, AuditRecord, BindingId, BindingRecord, EventWindow, KeyringRecords,
+        SealedToken, SealedValue, TenantId, TokenEvent, TokenId, TokenName, TokenRecord, TokenUid,
+        UsageStats,
     },
     store::{
         AuditFilter, AuditLog, BindingStore, ChainLink, Checkpoint, KeyringStore, Lease, LeaseHold,
@@ -125,6 +126,84 @@ impl TokenStore for PgStore {
             .map_err(pg_error)?
             .get(0);
         Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn events_after(&self, after_seq: i64, limit: usize) -> Result<Vec<TokenEvent>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT seq, time_us, tenant, kind, token_id, other_id FROM token_events
+                 WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&after_seq, &limit],
+            )
+            .await
+            .map_err(pg_error)?;
+        rows.iter()
+            .map(|r| {
+                crate::store::decode_event(
+                    r.get(0),
+                    r.get(1),
+                    r.get(2),
+                    r.get(3),
+                    r.get(4),
+                    r.get(5),
+                )
+            })
+            .collect()
+    }
+
+    async fn event_window(&self) -> Result<EventWindow> {
+        let row = self
+            .client()
+            .await?
+            .query_one("SELECT floor, seq FROM token_events_head WHERE id = 1", &[])
+            .await
+            .map_err(pg_error)?;
+        Ok(EventWindow {
+            floor: row.get(0),
+            head: row.get(1),
+        })
+    }
+
+    async fn prune_events(&self, keep: u64, older_than_us: i64) -> Result<EventWindow> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        // The head row's lock holds back event writers for the moment the
+        // floor moves and the rows go, in one transaction.
+        let row = tx
+            .query_one(
+                "SELECT seq, floor FROM token_events_head WHERE id = 1 FOR UPDATE",
+                &[],
+            )
+            .await
+            .map_err(pg_error)?;
+        let (head, floor): (i64, i64) = (row.get(0), row.get(1));
+        let by_age: i64 = tx
+            .query_one(
+                "SELECT coalesce(max(seq), 0) FROM token_events WHERE time_us < $1",
+                &[&older_than_us],
+            )
+            .await
+            .map_err(pg_error)?
+            .get(0);
+        let cut = head.saturating_sub(keep).max(by_age);
+        if cut <= floor {
+            return Ok(EventWindow { floor, head });
+        }
+        tx.execute(
+            "UPDATE token_events_head SET floor = $1 WHERE id = 1",
+            &[&cut],
+        )
+        .await
+        .map_err(pg_error)?;
+        tx.execute("DELETE FROM token_events WHERE seq <= $1", &[&cut])
+            .await
+            .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(EventWindow { floor: cut, head })
     }
 }
 

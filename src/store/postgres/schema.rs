@@ -155,6 +155,60 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER bindings_changed AFTER INSERT OR UPDATE OR DELETE ON bindings
         FOR EACH ROW EXECUTE FUNCTION aitokens_binding_changed();
     "#,
+    // 2: token events for WatchTokens, written by a trigger in the same
+    // transaction as the change. Their sequence comes from a counter row,
+    // not a SEQUENCE: the row lock serializes the writers of events until
+    // they commit, so sequence order is commit order and a reader that saw
+    // sequence N never later finds a smaller one committed. `floor` is the
+    // last pruned sequence: resuming from before it means resync.
+    r#"
+    CREATE TABLE token_events (
+        seq      BIGINT PRIMARY KEY,
+        time_us  BIGINT NOT NULL,
+        tenant   TEXT   NOT NULL,
+        kind     TEXT   NOT NULL,
+        token_id TEXT   NOT NULL,
+        other_id TEXT
+    );
+    CREATE TABLE token_events_head (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        seq   BIGINT  NOT NULL,
+        floor BIGINT  NOT NULL
+    );
+    INSERT INTO token_events_head (id, seq, floor) VALUES (1, 0, 0);
+    CREATE FUNCTION aitokens_token_event(p_tenant TEXT, p_kind TEXT, p_token_id TEXT, p_other TEXT)
+    RETURNS void AS $$
+    DECLARE
+        s BIGINT;
+    BEGIN
+        UPDATE token_events_head SET seq = seq + 1 WHERE id = 1 RETURNING seq INTO s;
+        INSERT INTO token_events (seq, time_us, tenant, kind, token_id, other_id)
+        VALUES (s, (extract(epoch FROM clock_timestamp()) * 1000000)::BIGINT,
+                p_tenant, p_kind, p_token_id, p_other);
+    END $$ LANGUAGE plpgsql;
+    CREATE FUNCTION aitokens_token_events() RETURNS trigger AS $$
+    BEGIN
+        IF TG_OP = 'DELETE' THEN
+            PERFORM aitokens_token_event(OLD.tenant, 'REMOVED', OLD.token_id, NULL);
+            RETURN NULL;
+        END IF;
+        IF NEW.token_id IS DISTINCT FROM OLD.token_id THEN
+            PERFORM aitokens_token_event(NEW.tenant, 'RENAMED', OLD.token_id, NEW.token_id);
+        END IF;
+        IF NEW.disabled IS DISTINCT FROM OLD.disabled THEN
+            PERFORM aitokens_token_event(NEW.tenant,
+                CASE WHEN NEW.disabled THEN 'DISABLED' ELSE 'ENABLED' END, NEW.token_id, NULL);
+        END IF;
+        IF NEW.replaced_by_uid IS NOT NULL
+           AND NEW.replaced_by_uid IS DISTINCT FROM OLD.replaced_by_uid THEN
+            PERFORM aitokens_token_event(NEW.tenant, 'REPLACED', NEW.token_id,
+                (SELECT token_id FROM tokens WHERE uid = NEW.replaced_by_uid));
+        END IF;
+        RETURN NULL;
+    END $$ LANGUAGE plpgsql;
+    CREATE TRIGGER tokens_events AFTER UPDATE OR DELETE ON tokens
+        FOR EACH ROW EXECUTE FUNCTION aitokens_token_events();
+    "#,
 ];
 
 /// The key of the advisory lock migrations hold.

@@ -5,13 +5,13 @@ use std::{path::Path, sync::Arc};
 
 use async_trait::async_trait;
 
-use super::{SqliteStore, audit, backup, bindings, keyring, tokens, truncate_wal, usage};
+use super::{SqliteStore, audit, backup, bindings, events, keyring, tokens, truncate_wal, usage};
 use crate::{
     crypto::chain::ChainKey,
     error::Result,
     model::{
-        AuditRecord, BindingId, BindingRecord, KeyringRecords, SealedToken, SealedValue, TenantId,
-        TokenId, TokenName, TokenRecord, TokenUid, UsageStats,
+        AuditRecord, BindingId, BindingRecord, EventWindow, KeyringRecords, SealedToken,
+        SealedValue, TenantId, TokenEvent, TokenId, TokenName, TokenRecord, TokenUid, UsageStats,
     },
     store::{
         AuditFilter, AuditLog, BindingStore, ChainLink, Checkpoint, KeyringStore, Maintenance,
@@ -115,6 +115,20 @@ impl TokenStore for SqliteStore {
             Ok(u64::try_from(count).unwrap_or(0))
         })
         .await
+    }
+
+    async fn events_after(&self, after_seq: i64, limit: usize) -> Result<Vec<TokenEvent>> {
+        self.read(move |conn| events::after(conn, after_seq, limit))
+            .await
+    }
+
+    async fn event_window(&self) -> Result<EventWindow> {
+        self.read(events::window).await
+    }
+
+    async fn prune_events(&self, keep: u64, older_than_us: i64) -> Result<EventWindow> {
+        self.write(move |tx| Ok((events::prune(tx, keep, older_than_us)?, Vec::new())))
+            .await
     }
 }
 

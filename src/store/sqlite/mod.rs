@@ -5,6 +5,7 @@
 mod audit;
 mod backup;
 mod bindings;
+mod events;
 mod impls;
 mod keyring;
 mod lock;

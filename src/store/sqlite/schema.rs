@@ -117,4 +117,42 @@ pub const MIGRATIONS: &[&str] = &[
          time_us INTEGER NOT NULL,
          mac     BLOB    NOT NULL
      );",
+    // 6: token events for WatchTokens, written by triggers in the same
+    // transaction as the change (whoever makes it: a server, the CLI), in
+    // commit order (one writer at a time). AUTOINCREMENT: a sequence is never
+    // reused, even after a prune deleted every row. token_events_floor holds
+    // the last pruned sequence: resuming from before it means resync.
+    "CREATE TABLE token_events (
+         seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+         time_us  INTEGER NOT NULL,
+         tenant   TEXT    NOT NULL,
+         kind     TEXT    NOT NULL,
+         token_id TEXT    NOT NULL,
+         other_id TEXT
+     );
+     CREATE TABLE token_events_floor (
+         id  INTEGER PRIMARY KEY CHECK (id = 1),
+         seq INTEGER NOT NULL
+     );
+     INSERT INTO token_events_floor (id, seq) VALUES (1, 0);
+     CREATE TRIGGER token_events_on_disabled AFTER UPDATE OF disabled ON tokens
+         WHEN old.disabled IS NOT new.disabled
+         BEGIN INSERT INTO token_events (time_us, tenant, kind, token_id)
+               VALUES (CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER), new.tenant,
+                       CASE WHEN new.disabled THEN 'DISABLED' ELSE 'ENABLED' END, new.token_id); END;
+     CREATE TRIGGER token_events_on_renamed AFTER UPDATE OF token_id ON tokens
+         WHEN old.token_id IS NOT new.token_id
+         BEGIN INSERT INTO token_events (time_us, tenant, kind, token_id, other_id)
+               VALUES (CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER), new.tenant,
+                       'RENAMED', old.token_id, new.token_id); END;
+     CREATE TRIGGER token_events_on_replaced AFTER UPDATE OF replaced_by_uid ON tokens
+         WHEN new.replaced_by_uid IS NOT NULL AND old.replaced_by_uid IS NOT new.replaced_by_uid
+         BEGIN INSERT INTO token_events (time_us, tenant, kind, token_id, other_id)
+               VALUES (CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER), new.tenant,
+                       'REPLACED', new.token_id,
+                       (SELECT token_id FROM tokens WHERE uid = new.replaced_by_uid)); END;
+     CREATE TRIGGER token_events_on_removed AFTER DELETE ON tokens
+         BEGIN INSERT INTO token_events (time_us, tenant, kind, token_id)
+               VALUES (CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER), old.tenant,
+                       'REMOVED', old.token_id); END;",
 ];

@@ -25,6 +25,7 @@ mod outage;
 mod propagation;
 mod rotation;
 mod tls;
+mod watch;
 mod writes;
 
 use std::{
