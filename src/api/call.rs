@@ -33,7 +33,7 @@ impl<'a> Call<'a> {
         let tenant = match scope {
             Scope::Admin(tenant) | Scope::WatchTenant(tenant) => Some(tenant.to_string()),
             Scope::Resolve(name) => Some(name.tenant.to_string()),
-            Scope::AdminOfAll | Scope::KeyAdmin => None,
+            Scope::AdminOfAll | Scope::AdminOfAny | Scope::KeyAdmin => None,
         };
         let Granted {
             actor,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tonic::Extensions;
 
-use super::{Authenticated, PeerIdentity, PolicyHandle};
+use super::{Authenticated, ManagedTenants, PeerIdentity, PolicyHandle};
 use crate::{
     audit::AuditQueue,
     error::{Error, Result},
@@ -21,6 +21,8 @@ pub enum Scope<'a> {
     Admin(&'a TenantId),
     /// Administer every tenant (the whole audit trail).
     AdminOfAll,
+    /// Administer at least one tenant (to list those it may).
+    AdminOfAny,
     /// Rotate and retire keys.
     KeyAdmin,
     /// Resolve one token.
@@ -35,7 +37,7 @@ impl Scope<'_> {
         match self {
             Self::Admin(tenant) | Self::WatchTenant(tenant) => Some(tenant.as_str()),
             Self::Resolve(name) => Some(name.tenant.as_str()),
-            Self::AdminOfAll | Self::KeyAdmin => None,
+            Self::AdminOfAll | Self::AdminOfAny | Self::KeyAdmin => None,
         }
     }
 }
@@ -83,6 +85,14 @@ impl Authorizer {
             .map(|granted| granted.require_binding)
     }
 
+    /// The tenants the authenticated caller of a request may administer
+    /// under the live policy; `None` without a caller or a grant. Records
+    /// nothing: ask [`Authorizer::authorize`] first.
+    pub fn managed_tenants(&self, extensions: &Extensions) -> Option<ManagedTenants> {
+        let caller = extensions.get::<Authenticated>()?;
+        self.policy.current().managed_tenants(&caller.identity)
+    }
+
     /// Allows the authenticated caller of this request `scope` on
     /// `resource`, or refuses (PERMISSION_DENIED, audited).
     pub fn authorize(
@@ -98,6 +108,7 @@ impl Authorizer {
         let decision = match scope {
             Scope::Admin(tenant) => policy.authorize_admin(&caller.identity, tenant),
             Scope::AdminOfAll => policy.authorize_admin_of_all(&caller.identity),
+            Scope::AdminOfAny => policy.authorize_admin_of_any(&caller.identity),
             Scope::KeyAdmin => policy.authorize_key_admin(&caller.identity),
             Scope::Resolve(name) => policy.authorize_resolve(&caller.identity, name),
             Scope::WatchTenant(tenant) => policy.authorize_resolve_in(&caller.identity, tenant),
@@ -119,7 +130,7 @@ impl Authorizer {
                     Scope::KeyAdmin => {
                         tracing::warn!(method = actor.method, caller = %actor.identity, "key admin request denied")
                     }
-                    Scope::Admin(_) | Scope::AdminOfAll => {
+                    Scope::Admin(_) | Scope::AdminOfAll | Scope::AdminOfAny => {
                         tracing::warn!(method = actor.method, caller = %actor.identity, resource, "admin request denied")
                     }
                 }

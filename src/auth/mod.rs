@@ -19,4 +19,4 @@ pub use authorize::{Authorizer, Granted, POLICY_DENIED, Scope};
 pub use identity::PeerIdentity;
 pub use layer::{AuthLayer, AuthService, Authenticated};
 pub use peer::ConnectionPeer;
-pub use policy::{Caller, Policy, PolicyHandle};
+pub use policy::{Caller, ManagedTenants, Policy, PolicyHandle};

@@ -80,6 +80,15 @@ struct ResolverEntry {
     bindings_only: bool,
 }
 
+/// The tenants an admin identity may administer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ManagedTenants {
+    /// Every tenant (`tenants = ["*"]`).
+    All,
+    /// Exactly these, in order.
+    Only(Vec<TenantId>),
+}
+
 /// Which tenants a grant covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Tenants {
@@ -221,6 +230,26 @@ impl Policy {
             .get(peer.as_str())
             .is_some_and(|t| t.covers(tenant));
         Caller::of(peer, granted, false)
+    }
+
+    /// Allows `peer` if it administers any tenant at all (to ask which), or
+    /// denies.
+    pub fn authorize_admin_of_any(&self, peer: &PeerIdentity) -> Result<Caller> {
+        let granted = self.admins.contains_key(peer.as_str());
+        Caller::of(peer, granted, false)
+    }
+
+    /// The tenants `peer` may administer; `None` if it is no admin.
+    pub fn managed_tenants(&self, peer: &PeerIdentity) -> Option<ManagedTenants> {
+        self.admins.get(peer.as_str()).map(|tenants| match tenants {
+            Tenants::All => ManagedTenants::All,
+            Tenants::Only(list) => {
+                let mut list = list.clone();
+                list.sort();
+                list.dedup();
+                ManagedTenants::Only(list)
+            }
+        })
     }
 
     /// Allows `peer` to administer every tenant (for tenant-wide reads such as

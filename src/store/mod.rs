@@ -223,6 +223,8 @@ pub trait TokenStore: Send + Sync + 'static {
     ) -> Result<Vec<(i64, TokenName, SealedToken)>>;
     /// How many tokens the store holds, across tenants.
     async fn count(&self) -> Result<u64>;
+    /// The tenants that hold at least one token, in order.
+    async fn tenants(&self) -> Result<Vec<TenantId>>;
     /// Changes as they are committed, by this process or any other, when
     /// the store can tell (PostgreSQL); `None` when only
     /// [`TokenStore::change_generation`] can.

@@ -183,6 +183,11 @@ impl Lifecycle {
         Ok(record)
     }
 
+    /// The tenants that hold at least one token, in order.
+    pub async fn tenants(&self) -> Result<Vec<TenantId>> {
+        self.store.tenants().await
+    }
+
     /// One page of a tenant's tokens, in creation order; with `unused_for`,
     /// only those unused for that long: created more than `unused_for` ago,
     /// and not resolved within it (or never).

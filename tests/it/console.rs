@@ -481,6 +481,41 @@ async fn console_refuses_requests_without_login_csrf_or_own_origin() {
 /// server refuses shows its blockers, with the status, reason and request id;
 /// removing anyway without the token id typed is refused before any call.
 #[tokio::test]
+async fn the_tenant_picker_lists_the_tenants_the_admin_identity_manages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev = DevGuard(Some(start_dev(dir.path())));
+    let mut admin =
+        TokenAdminClient::new(binary::channel(dir.path(), dev.dev().admin, "admin").await);
+    for tenant in ["globex", "acme"] {
+        admin
+            .create_token(create_request(tenant, "picker", "sk-console-picker-7c2a"))
+            .await
+            .expect("create");
+    }
+    let console = Console::start(dir.path());
+    let (cookie, _) = log_in(&console).await;
+    let page = http(console.addr, "GET", "/", &[("cookie", &cookie)], "").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    // The dev admin's grant covers every tenant: both tenants that hold a
+    // token, in order, and the form for one that holds none yet.
+    let acme = page
+        .body
+        .find(r#"<a href="/tenants/acme/tokens">acme</a>"#)
+        .expect("acme is listed");
+    let globex = page
+        .body
+        .find(r#"<a href="/tenants/globex/tokens">globex</a>"#)
+        .expect("globex is listed");
+    assert!(acme < globex, "in order: {}", page.body);
+    assert!(
+        page.body.contains("Your grant covers every tenant"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains(r#"action="/tenants""#), "{}", page.body);
+}
+
+#[tokio::test]
 async fn console_remove_shows_the_guards_refusal() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dev = DevGuard(Some(start_dev(dir.path())));

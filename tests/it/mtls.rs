@@ -7,8 +7,9 @@ use std::future::Future;
 
 use aitokens::{
     api::pb::{
-        GetTokenRequest, ListTokensRequest, ResolveTokenRequest,
-        token_admin_client::TokenAdminClient, token_resolver_client::TokenResolverClient,
+        GetTokenRequest, ListTenantsRequest, ListTenantsResponse, ListTokensRequest,
+        ResolveTokenRequest, token_admin_client::TokenAdminClient,
+        token_resolver_client::TokenResolverClient,
     },
     dev::{ADMIN_IDENTITY, AGENT_IDENTITY},
     pki::Ca,
@@ -400,6 +401,52 @@ async fn policy_scopes_admins_to_their_tenants() {
     let get = "aitokens.v1.TokenAdmin/GetToken";
     assert_eq!(policy_denials(audited(&server, LIST, acme_admin).await), 1);
     assert_eq!(policy_denials(audited(&server, get, acme_admin).await), 2);
+}
+
+#[tokio::test]
+async fn list_tenants_names_exactly_the_tenants_an_admin_may_manage() {
+    let (server, pki) = scoped_server().await;
+    let tenants_of = async |identity: &str| {
+        let channel = server
+            .channel(server.admin_addr, Some(pki.client(identity)))
+            .await
+            .expect("channel");
+        TokenAdminClient::new(channel)
+            .list_tenants(ListTenantsRequest {})
+            .await
+    };
+    // A grant of every tenant: the tenants that hold tokens, in order.
+    assert_eq!(
+        tenants_of("spiffe://aitokens.dev/admin")
+            .await
+            .expect("admin of all")
+            .into_inner(),
+        ListTenantsResponse {
+            tenants: vec!["acme".into(), "globex".into()],
+            every_tenant: true,
+        }
+    );
+    // A grant of one tenant: that one, not globex (which holds a token).
+    assert_eq!(
+        tenants_of("spiffe://aitokens.dev/acme-admin")
+            .await
+            .expect("acme admin")
+            .into_inner(),
+        ListTenantsResponse {
+            tenants: vec!["acme".into()],
+            every_tenant: false,
+        }
+    );
+    // A resolver is no admin: refused, and audited as a policy denial.
+    let status = tenants_of(AGENT_IDENTITY)
+        .await
+        .expect_err("a resolver lists no tenants");
+    assert_refused_by(&status, Code::PermissionDenied, "POLICY_DENIED");
+    let method = "aitokens.v1.TokenAdmin/ListTenants";
+    assert_eq!(
+        policy_denials(audited(&server, method, AGENT_IDENTITY).await),
+        1
+    );
 }
 
 /// A client certificate naming the agent and another identity in URI SANs.

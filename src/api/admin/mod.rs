@@ -3,6 +3,7 @@
 
 mod audit;
 mod bindings;
+mod tenants;
 mod tokens;
 mod usage;
 
@@ -17,10 +18,10 @@ use crate::{
         CreateTokenBindingRequest, CreateTokenRequest, DeleteTokenBindingRequest,
         DeleteTokenBindingResponse, DisableTokenRequest, EnableTokenRequest,
         GetReplacementStatusRequest, GetTokenRequest, ListAuditEventsRequest,
-        ListAuditEventsResponse, ListTokenBindingsRequest, ListTokenBindingsResponse,
-        ListTokenUsagesRequest, ListTokenUsagesResponse, ListTokensRequest, ListTokensResponse,
-        RemoveTokenRequest, RemoveTokenResponse, RenameTokenRequest, ReplacementStatus, Token,
-        TokenBinding, token_admin_server,
+        ListAuditEventsResponse, ListTenantsRequest, ListTenantsResponse, ListTokenBindingsRequest,
+        ListTokenBindingsResponse, ListTokenUsagesRequest, ListTokenUsagesResponse,
+        ListTokensRequest, ListTokensResponse, RemoveTokenRequest, RemoveTokenResponse,
+        RenameTokenRequest, ReplacementStatus, Token, TokenBinding, token_admin_server,
     },
     tokens::Domain,
 };
@@ -157,5 +158,12 @@ impl token_admin_server::TokenAdmin for AdminApi {
         request: Request<ListAuditEventsRequest>,
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
         self.audit_events(request).await
+    }
+
+    async fn list_tenants(
+        &self,
+        request: Request<ListTenantsRequest>,
+    ) -> Result<Response<ListTenantsResponse>, Status> {
+        self.tenants(request).await
     }
 }

@@ -116,6 +116,16 @@ impl TokenStore for MemoryStore {
     async fn count(&self) -> Result<u64> {
         Ok(self.state().rows.len() as u64)
     }
+
+    async fn tenants(&self) -> Result<Vec<TenantId>> {
+        let tenants: std::collections::BTreeSet<TenantId> = self
+            .state()
+            .rows
+            .values()
+            .map(|row| row.record.name.tenant.clone())
+            .collect();
+        Ok(tenants.into_iter().collect())
+    }
 }
 
 #[async_trait]

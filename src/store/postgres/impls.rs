@@ -128,6 +128,17 @@ impl TokenStore for PgStore {
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
+    async fn tenants(&self) -> Result<Vec<TenantId>> {
+        self.client()
+            .await?
+            .query("SELECT DISTINCT tenant FROM tokens ORDER BY tenant", &[])
+            .await
+            .map_err(pg_error)?
+            .iter()
+            .map(|row| TenantId::new(row.get::<_, &str>(0), "tenant").map_err(|_| Error::DataLoss))
+            .collect()
+    }
+
     async fn events_after(&self, after_seq: i64, limit: usize) -> Result<Vec<TokenEvent>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self

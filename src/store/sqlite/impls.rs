@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use super::{SqliteStore, audit, backup, bindings, events, keyring, tokens, truncate_wal, usage};
 use crate::{
     crypto::chain::ChainKey,
-    error::Result,
+    error::{Error, Result},
     model::{
         AuditRecord, BindingId, BindingRecord, EventWindow, KeyringRecords, SealedToken,
         SealedValue, TenantId, TokenEvent, TokenId, TokenName, TokenRecord, TokenUid, UsageStats,
@@ -113,6 +113,22 @@ impl TokenStore for SqliteStore {
         self.read(|conn| {
             let count: i64 = conn.query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get(0))?;
             Ok(u64::try_from(count).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn tenants(&self) -> Result<Vec<TenantId>> {
+        self.read(|conn| {
+            // The (tenant, seq) index makes this a skip through the index.
+            let mut statement =
+                conn.prepare_cached("SELECT DISTINCT tenant FROM tokens ORDER BY tenant")?;
+            let names = statement
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            names
+                .iter()
+                .map(|t| TenantId::new(t, "tenant").map_err(|_| Error::DataLoss))
+                .collect()
         })
         .await
     }

@@ -18,8 +18,8 @@ use super::{
 };
 use crate::{
     api::pb::{
-        GetTokenRequest, ListAuditEventsRequest, ListTokenBindingsRequest, ListTokenUsagesRequest,
-        ListTokensRequest,
+        GetTokenRequest, ListAuditEventsRequest, ListTenantsRequest, ListTokenBindingsRequest,
+        ListTokenUsagesRequest, ListTokensRequest,
     },
     cli::report::Report,
 };
@@ -187,9 +187,10 @@ pub async fn favicon() -> Response {
         .into_response()
 }
 
-/// `GET /`: the tenant picker.
-pub async fn home(visitor: Visitor) -> Response {
-    pages::home(&Page::new(&visitor, None, "Tenants")).into_response()
+/// `GET /`: the tenant picker, from ListTenants.
+pub async fn home(State(console): State<Shared>, visitor: Visitor) -> Response {
+    let managed = admin!(console, list_tenants, ListTenantsRequest {});
+    pages::home(&Page::new(&visitor, None, "Tenants"), &managed).into_response()
 }
 
 /// `GET /tenants?tenant=…`: the picker's form.

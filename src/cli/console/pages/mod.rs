@@ -10,7 +10,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::handlers::{Failure, Visitor, id_of};
 use crate::{
-    api::pb::{ListAuditEventsResponse, Token, token::State},
+    api::pb::{ListAuditEventsResponse, ListTenantsResponse, Token, token::State},
     cli::output::time,
 };
 
@@ -234,18 +234,40 @@ pub fn error_page(page: &Page<'_>, failure: &Failure) -> Html<String> {
     })
 }
 
-/// The tenant picker.
-pub fn home(page: &Page<'_>) -> Html<String> {
+/// The tenant picker: the tenants the admin identity may administer
+/// (`managed`, from ListTenants). A grant of every tenant, or a failed call,
+/// also offers a tenant typed by id.
+pub fn home(page: &Page<'_>, managed: &Result<ListTenantsResponse, Failure>) -> Html<String> {
+    let typed = managed.as_ref().map_or(true, |m| m.every_tenant);
     page.render(html! {
-        p {
-            "The console acts with the admin identity of its profile. The admin API has no \
-             call that lists tenants, so type the tenant to manage; the ones you opened are \
-             listed below."
+        p { "The console acts with the admin identity of its profile." }
+        @match managed {
+            Ok(managed) => {
+                h2 { "Tenants you administer" }
+                @if managed.tenants.is_empty() {
+                    p #no-tenants { "No tenant holds a token yet." }
+                } @else {
+                    ul.tenants #managed-tenants {
+                        @for tenant in &managed.tenants {
+                            li { a href={ "/tenants/" (seg(tenant)) "/tokens" } { (tenant) } }
+                        }
+                    }
+                }
+                @if managed.every_tenant {
+                    p {
+                        "Your grant covers every tenant; the list shows those that hold a \
+                         token. Open another by its id:"
+                    }
+                }
+            }
+            Err(failure) => { (failure_box(failure)) }
         }
-        form.inline method="get" action="/tenants" {
-            label for="tenant" { "Tenant" }
-            input #tenant name="tenant" required autocomplete="off" autofocus;
-            button type="submit" { "Open" }
+        @if typed {
+            form.inline method="get" action="/tenants" {
+                label for="tenant" { "Tenant" }
+                input #tenant name="tenant" required autocomplete="off" autofocus;
+                button type="submit" { "Open" }
+            }
         }
         @if !page.visitor.session.tenants.is_empty() {
             h2 { "Recently opened" }
