@@ -32,9 +32,20 @@ pub enum CliError {
 }
 
 impl CliError {
-    /// Prints the error on stderr and returns the exit code.
+    /// Prints the error of an `aitokens token` command on stderr and
+    /// returns the exit code.
     pub fn report(&self, format: OutputFormat) -> ExitCode {
-        let report = Report::of(self);
+        self.report_of(format, "token")
+    }
+
+    /// Prints the error on stderr, a usage error pointing to `aitokens
+    /// COMMAND --help` for the `command` that failed, and returns the exit
+    /// code.
+    pub(super) fn report_of(&self, format: OutputFormat, command: &str) -> ExitCode {
+        let mut report = Report::of(self);
+        if let Self::Usage(_) = self {
+            report.hint = format!("see `aitokens {command} --help`");
+        }
         match format {
             OutputFormat::Table => eprint!("{}", report.text()),
             OutputFormat::Json => eprintln!("{}", report.json()),
@@ -73,7 +84,7 @@ impl Report {
             exit,
         };
         match error {
-            CliError::Usage(message) => plain(message, "see `aitokens COMMAND --help`", 2),
+            CliError::Usage(message) => plain(message, "see `aitokens token --help`", 2),
             CliError::Local(message) => plain(message, "check the path and its permissions", 3),
             CliError::Connect { addr, detail } => plain(
                 &format!("cannot connect to {addr}: {detail}"),

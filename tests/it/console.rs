@@ -264,6 +264,10 @@ fn console_refuses_a_non_loopback_addr() {
             )),
             "{addr}: {stderr}"
         );
+        assert!(
+            stderr.contains("what to do: see `aitokens console --help`"),
+            "{addr}: {stderr}"
+        );
         assert!(output.stdout.is_empty(), "nothing served: {addr}");
     }
 }

@@ -76,7 +76,7 @@ type Shared = Arc<Console>;
 pub async fn run(args: ConsoleArgs) -> ExitCode {
     match serve(args).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => e.report(OutputFormat::Table),
+        Err(e) => e.report_of(OutputFormat::Table, "console"),
     }
 }
 
