@@ -57,6 +57,11 @@ struct State {
 pub struct MemoryStore {
     state: Mutex<State>,
     fail_writes: AtomicBool,
+    /// While held, a usage flush waits before it writes (see
+    /// [`MemoryStore::hold_flushes`]).
+    flush_hold: tokio::sync::Mutex<()>,
+    /// Told each time a flush reaches that wait.
+    flush_waiting: tokio::sync::Notify,
     chain: std::sync::RwLock<Option<Arc<ChainKey>>>,
 }
 
@@ -70,6 +75,18 @@ impl MemoryStore {
     /// work again (`false`).
     pub fn fail_writes(&self, fail: bool) {
         self.fail_writes.store(fail, Ordering::SeqCst);
+    }
+
+    /// Holds every usage flush before its write until the guard is
+    /// dropped: the window in which the tracker has handed its counters
+    /// over and the store does not hold them yet.
+    pub async fn hold_flushes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.flush_hold.lock().await
+    }
+
+    /// Completes once a flush waits on [`MemoryStore::hold_flushes`].
+    pub async fn flush_waiting(&self) {
+        self.flush_waiting.notified().await;
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

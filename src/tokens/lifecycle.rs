@@ -174,6 +174,8 @@ impl Lifecycle {
 
     /// A token's metadata, usage included (pending counters too).
     pub async fn get(&self, name: &TokenName) -> Result<TokenRecord> {
+        // Stored and pending usage with no flush between them (FlushGate).
+        let _no_flush = self.gate.hold().await;
         let mut record = self
             .store
             .get(name)
@@ -201,6 +203,8 @@ impl Lifecycle {
         let limit = page_limit(page_size)?;
         let after_seq = PageCursor::decode(page_token, "tokens", tenant.as_str())?;
         let cutoff_us = unused_for.map(|ago| self.clock.micros_ago(ago));
+        // Stored and pending usage with no flush between them (FlushGate).
+        let no_flush = self.gate.hold().await;
         let rows = self
             .store
             .list(&tenant, after_seq, limit + 1, cutoff_us)
@@ -209,6 +213,7 @@ impl Lifecycle {
         for record in &mut page.items {
             self.usage.add_pending_to(record);
         }
+        drop(no_flush);
         // Resolves not yet flushed count too.
         if let Some(cutoff) = cutoff_us {
             page.items.retain(|r| {

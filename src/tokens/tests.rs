@@ -128,6 +128,41 @@ async fn a_created_token_resolves_to_its_value_and_counts_the_caller() {
 }
 
 #[tokio::test]
+async fn reads_during_a_flush_wait_for_it_and_count_what_it_carries() {
+    let f = fixture().await;
+    f.create("t", "v", "").await;
+    f.resolve("t").await.expect("resolve");
+    let held = f.store.hold_flushes().await;
+    let flusher = f.domain.flusher.clone();
+    let flush = tokio::spawn(async move { flusher.flush().await });
+    // The window: the tracker handed its counters over, the store has none.
+    f.store.flush_waiting().await;
+    let domain = f.domain.clone();
+    let mut get = tokio::spawn(async move { domain.lifecycle.get(&name("t")).await });
+    let domain = f.domain.clone();
+    let mut list = tokio::spawn(async move {
+        let tenant = TenantId::new("acme", "tenant").expect("tenant");
+        domain.lifecycle.list(tenant, 10, "", None).await
+    });
+    // Neither read may answer inside the window (it would count nothing).
+    let window = Duration::from_millis(200);
+    assert!(
+        tokio::time::timeout(window, &mut get).await.is_err(),
+        "get answered mid-flush"
+    );
+    assert!(
+        tokio::time::timeout(window, &mut list).await.is_err(),
+        "list answered mid-flush"
+    );
+    drop(held);
+    flush.await.expect("join").expect("flush");
+    let record = get.await.expect("join").expect("get");
+    assert_eq!(record.resolve_count, 1);
+    let page = list.await.expect("join").expect("list");
+    assert_eq!(page.items[0].resolve_count, 1);
+}
+
+#[tokio::test]
 async fn usage_pending_and_flushed_add_up_and_a_failed_flush_loses_nothing() {
     let f = fixture().await;
     f.create("t", "v", "").await;

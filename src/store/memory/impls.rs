@@ -185,6 +185,8 @@ impl UsageStore for MemoryStore {
     }
 
     async fn flush(&self, pending: Pending) -> std::result::Result<(), Unflushed> {
+        self.flush_waiting.notify_one();
+        drop(self.flush_hold.lock().await);
         let written = self.write(|state| {
             let by_name = pending.usage.by_name.iter().filter_map(|(name, id, s)| {
                 state.row(name).ok().map(|row| (row.record.uid, id, s))
