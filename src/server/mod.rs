@@ -11,6 +11,10 @@
 //! authentication layer wrap every request. Beside them run the background
 //! tasks (the flusher, key upkeep, the change watch, reloads).
 //!
+//! Kept whole at about 540 lines: start-up is one ordered sequence (store,
+//! keyring, audit, domain, listeners, tasks), and splitting it would hide
+//! that order.
+//!
 //! [`Server::open`] does every start-up check (policy, TLS material, master
 //! key, database integrity, keyring) before anything listens, so a bad
 //! deployment fails with one clear message and never half-serves.

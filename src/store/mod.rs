@@ -18,6 +18,9 @@
 //! happen), chained with [`crate::crypto::chain`]; decisions that must see
 //! the row as it is now (an etag check, the removal guard) run inside the
 //! transaction, through the closures the domain passes in.
+//!
+//! The traits stay in one file (about 520 lines) so that the author of a
+//! backend reads the whole contract in one place.
 
 #[cfg(any(test, feature = "testkit"))]
 pub mod memory;

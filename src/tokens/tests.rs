@@ -1,4 +1,7 @@
 //! The domain over the in-memory store: no sockets, no files.
+//!
+//! One file of about 600 lines, kept whole: every test starts from the
+//! fixture below, and files split by topic would each need it.
 
 use std::{sync::Arc, time::Duration};
 
