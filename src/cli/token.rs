@@ -221,8 +221,15 @@ enum TokenCommand {
 /// value, which never comes from the command line. Only its presence is
 /// kept (to refuse it): the copy clap hands over is zeroized at once (the
 /// process's argv, and clap's own copy of it, remain until exit).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct MisplacedValue;
+
+/// Hand-written, so that a field added later cannot print what was typed.
+impl std::fmt::Debug for MisplacedValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MisplacedValue([REDACTED])")
+    }
+}
 
 impl From<String> for MisplacedValue {
     fn from(text: String) -> Self {
@@ -474,4 +481,19 @@ async fn admin(connect: &ConnectArgs) -> Result<(TokenAdminClient<Channel>, Stri
     let target = connect.target(Surface::Admin)?;
     let channel = target.connect().await?;
     Ok((TokenAdminClient::new(channel), target.addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MisplacedValue;
+
+    #[test]
+    fn a_misplaced_value_prints_redacted() {
+        let typed = MisplacedValue::from("sk-typed-as-argument-4f2a".to_owned());
+        let shown = format!("{typed:?} {typed:#?}");
+        assert_eq!(
+            shown,
+            "MisplacedValue([REDACTED]) MisplacedValue([REDACTED])"
+        );
+    }
 }
