@@ -27,6 +27,14 @@ pub fn tenant(parent: &str) -> WatchTokensRequest {
     }
 }
 
+/// A watch of the tenant `parent` resumed after `sequence`.
+fn resume_after(parent: &str, sequence: i64) -> WatchTokensRequest {
+    WatchTokensRequest {
+        resume_after_sequence: sequence,
+        ..tenant(parent)
+    }
+}
+
 pub async fn open(
     client: &mut TokenResolverClient<Channel>,
     request: WatchTokensRequest,
@@ -199,16 +207,9 @@ async fn resume_delivers_exactly_the_missed_events() {
     disable(&mut admin, &name).await;
     rename(&mut admin, &name, "resumed-2").await;
 
-    let mut resumed = open(
-        &mut resolver,
-        WatchTokensRequest {
-            parent: "tenants/acme".into(),
-            resume_after_sequence: seen.sequence,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("resume");
+    let mut resumed = open(&mut resolver, resume_after("tenants/acme", seen.sequence))
+        .await
+        .expect("resume");
     let mut got = Vec::new();
     for _ in 0..3 {
         let event = next_event(&mut resumed).await;
@@ -231,16 +232,9 @@ async fn resume_delivers_exactly_the_missed_events() {
         (seen.sequence + 4, EventType::Enabled)
     );
     // From after the first event: the four since.
-    let mut again = open(
-        &mut resolver,
-        WatchTokensRequest {
-            parent: "tenants/acme".into(),
-            resume_after_sequence: start + 1,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("resume");
+    let mut again = open(&mut resolver, resume_after("tenants/acme", start + 1))
+        .await
+        .expect("resume");
     for i in 2..=5 {
         assert_eq!(next_event(&mut again).await.sequence, start + i);
     }
@@ -263,31 +257,17 @@ async fn resuming_from_before_the_retained_window_resyncs() {
         enable(&mut admin, &name).await;
     }
     // Eight events; three retained: resuming after the first is too old.
-    let mut late = open(
-        &mut resolver,
-        WatchTokensRequest {
-            parent: "tenants/acme".into(),
-            resume_after_sequence: start + 1,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("resume");
+    let mut late = open(&mut resolver, resume_after("tenants/acme", start + 1))
+        .await
+        .expect("resume");
     let resync = next_event(&mut late).await;
     assert_eq!(resync.r#type(), EventType::Resync);
     assert_eq!(resync.sequence, start + 8, "continues from the head");
     assert!(resync.name.is_empty());
     // Within the window: no resync, exactly the events after it.
-    let mut recent = open(
-        &mut resolver,
-        WatchTokensRequest {
-            parent: "tenants/acme".into(),
-            resume_after_sequence: start + 6,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("resume");
+    let mut recent = open(&mut resolver, resume_after("tenants/acme", start + 6))
+        .await
+        .expect("resume");
     assert_eq!(
         (
             next_event(&mut recent).await.sequence,
@@ -478,16 +458,9 @@ async fn malformed_watch_requests_are_refused_with_the_field() {
     .await
     .expect_err("bad name");
     assert_status(&bad, Code::InvalidArgument, Some("names"));
-    let negative = open(
-        &mut resolver,
-        WatchTokensRequest {
-            parent: "tenants/acme".into(),
-            resume_after_sequence: -1,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect_err("negative");
+    let negative = open(&mut resolver, resume_after("tenants/acme", -1))
+        .await
+        .expect_err("negative");
     assert_status(
         &negative,
         Code::InvalidArgument,
@@ -667,16 +640,9 @@ async fn events_survive_in_the_store_across_a_restart() {
     drop(stream);
     let server = server.restart().await;
     let mut resolver = server.resolver().await;
-    let mut resumed = open(
-        &mut resolver,
-        WatchTokensRequest {
-            parent: "tenants/acme".into(),
-            resume_after_sequence: seen,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("resume");
+    let mut resumed = open(&mut resolver, resume_after("tenants/acme", seen))
+        .await
+        .expect("resume");
     let event = next_event(&mut resumed).await;
     assert_eq!(
         (event.r#type(), event.sequence),
